@@ -1,0 +1,5 @@
+// Placeholder until the owning layer lands; exits non-zero so nothing mistakes it for success.
+export async function run(_argv: string[]): Promise<number> {
+  process.stderr.write('xenblk xenstored: not available yet\n');
+  return 2;
+}

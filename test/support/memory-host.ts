@@ -1,0 +1,262 @@
+// An in-process platform for unit tests of the device ends: grant tables and event channels
+// between several "domains" living in one Node process. It follows the same rules as the
+// simulator and Xen (grantee domid, read-only grants, EBUSY while mapped, coalesced events)
+// but shares memory by aliasing one ArrayBuffer per domain instead of mmap. Integration tests
+// use the real simulator (separate processes); this exists so the data path can be unit-tested
+// without spawning anything.
+//
+// Limitation (documented, checked): GrantMapper.map must return one contiguous buffer. When the
+// refs name consecutive frames of the grantor's RAM the buffer aliases them (zero copy, as on
+// Xen); otherwise it is a private copy written back to the grantor's pages at unmap, which is
+// only faithful for users that do not expect to see the other side's writes while mapped.
+import type { GrantMapper, GrantSharer, MappedGrants, SharedPages, UnmapNotify } from '../../gnttab/gnttab.ts';
+import { PAGE_SIZE } from '../../gnttab/gnttab.ts';
+import type { EventChannel, EventChannels } from '../../evtchn/evtchn.ts';
+import type { Host } from '../../lib/host/host.ts';
+import type { Xenstore } from '../../xenstore/xenstore.ts';
+
+/** An error from the memory platform; `code` mirrors the hypervisor's (GNTST_*, EBUSY...). */
+export class MemoryHostError extends Error {
+  constructor(message: string, readonly code: string) {
+    super(message);
+  }
+}
+
+interface GrantEntry {
+  grantee: number;
+  frame: number;
+  readonly: boolean;
+  pins: number;
+}
+
+interface Domain {
+  readonly domid: number;
+  readonly ram: Buffer;
+  nextFrame: number;
+  readonly freeFrames: number[];
+  readonly grants: Map<number, GrantEntry>;
+  nextRef: number;
+  readonly ports: Map<number, Port>;
+  nextPort: number;
+}
+
+interface Port {
+  readonly domid: number;
+  readonly local: number;
+  readonly remoteDomid: number;
+  remote: Port | undefined;
+  handler: (() => void) | undefined;
+  pending: boolean;
+  closed: boolean;
+}
+
+/** Counters a test can assert on: everything shared, mapped and bound right now. */
+export interface MemoryPlatformUsage {
+  grants: number;
+  mappings: number;
+  ports: number;
+}
+
+export interface MemoryPlatform {
+  /** `host(domid, xenstore)` is a Host for `domid` using this platform and the given xenstore connection. */
+  host(domid: number, xenstore: Xenstore): Host;
+  sharer(domid: number): GrantSharer;
+  mapper(domid: number): GrantMapper;
+  evtchn(domid: number): EventChannels;
+  /** `usage(domid)` is what `domid` holds now: its grants, its mappings of others' pages, its bound ports. */
+  usage(domid: number): MemoryPlatformUsage;
+}
+
+/** `createMemoryPlatform({ramPages})` is a fresh platform; each domain gets `ramPages` pages of RAM (default 8192 = 32 MiB). */
+export function createMemoryPlatform(opts: { ramPages?: number } = {}): MemoryPlatform {
+  const ramPages = opts.ramPages ?? 8192;
+  const domains = new Map<number, Domain>();
+  const mappingsBy = new Map<number, Set<MappedGrants>>();
+
+  function domain(domid: number): Domain {
+    let d = domains.get(domid);
+    if (d === undefined) {
+      d = {
+        domid, ram: Buffer.alloc(ramPages * PAGE_SIZE), nextFrame: 0, freeFrames: [],
+        grants: new Map(), nextRef: 8, ports: new Map(), nextPort: 1,
+      };
+      domains.set(domid, d);
+    }
+    return d;
+  }
+
+  function allocFrames(d: Domain, count: number): number {
+    // Contiguous frames for one share, so a peer mapping them in one call aliases them.
+    if (d.nextFrame + count > ramPages) throw new MemoryHostError(`domain ${d.domid} out of RAM`, 'ENOMEM');
+    const first = d.nextFrame;
+    d.nextFrame += count;
+    return first;
+  }
+
+  function sharer(self: number): GrantSharer {
+    const d = domain(self);
+    return {
+      share(domid, count, writable) {
+        if (!Number.isInteger(count) || count < 1) throw new MemoryHostError(`bad page count ${count}`, 'EINVAL');
+        const first = allocFrames(d, count);
+        const refs: number[] = [];
+        for (let i = 0; i < count; i++) {
+          const ref = d.nextRef++;
+          d.grants.set(ref, { grantee: domid, frame: first + i, readonly: !writable, pins: 0 });
+          refs.push(ref);
+        }
+        const buffer = d.ram.subarray(first * PAGE_SIZE, (first + count) * PAGE_SIZE);
+        buffer.fill(0);
+        return { domid, refs, buffer, writable };
+      },
+      endAccess(pages: SharedPages) {
+        for (const ref of pages.refs) {
+          const g = d.grants.get(ref);
+          if (g !== undefined && g.pins > 0) throw new MemoryHostError(`grant ${ref} still mapped by domain ${g.grantee}`, 'EBUSY');
+        }
+        for (const ref of pages.refs) d.grants.delete(ref);
+      },
+      close() {
+        d.grants.clear();
+      },
+    };
+  }
+
+  function mapper(self: number): GrantMapper {
+    let mine = mappingsBy.get(self);
+    if (mine === undefined) { mine = new Set(); mappingsBy.set(self, mine); }
+    const held = mine;
+    const copies = new Map<MappedGrants, { grantor: Domain; frames: number[]; notify?: UnmapNotify }>();
+    const api: GrantMapper = {
+      map(domid, refs, writable) {
+        const grantor = domain(domid);
+        if (refs.length === 0) throw new MemoryHostError('map of zero grants', 'EINVAL');
+        const frames: number[] = [];
+        for (const ref of refs) {
+          const g = grantor.grants.get(ref);
+          if (g === undefined) throw new MemoryHostError(`domain ${domid} grant ${ref} is not granted`, 'GNTST_bad_gntref');
+          if (g.grantee !== self) throw new MemoryHostError(`domain ${domid} grant ${ref} is for domain ${g.grantee}, not ${self}`, 'GNTST_permission_denied');
+          if (writable && g.readonly) throw new MemoryHostError(`domain ${domid} grant ${ref} is read-only`, 'GNTST_permission_denied');
+          frames.push(g.frame);
+        }
+        for (const ref of refs) grantor.grants.get(ref)!.pins++;
+        const consecutive = frames.every((f, i) => f === frames[0]! + i);
+        let buffer: Buffer;
+        if (consecutive) {
+          buffer = grantor.ram.subarray(frames[0]! * PAGE_SIZE, (frames[0]! + frames.length) * PAGE_SIZE);
+        } else {
+          buffer = Buffer.alloc(frames.length * PAGE_SIZE);
+          frames.forEach((f, i) => grantor.ram.copy(buffer, i * PAGE_SIZE, f * PAGE_SIZE, (f + 1) * PAGE_SIZE));
+        }
+        const m: MappedGrants = { domid, refs: [...refs], buffer, writable };
+        held.add(m);
+        copies.set(m, { grantor, frames: consecutive ? [] : frames });
+        return m;
+      },
+      unmap(m) {
+        const c = copies.get(m);
+        if (c === undefined) throw new MemoryHostError('unmap of a mapping this mapper does not hold', 'EINVAL');
+        if (m.writable) c.frames.forEach((f, i) => m.buffer.copy(c.grantor.ram, f * PAGE_SIZE, i * PAGE_SIZE, (i + 1) * PAGE_SIZE));
+        if (c.notify?.clearByte !== undefined) m.buffer[c.notify.clearByte] = 0;
+        for (const ref of m.refs) {
+          const g = c.grantor.grants.get(ref);
+          if (g !== undefined) g.pins--;
+        }
+        copies.delete(m);
+        held.delete(m);
+        if (c.notify?.port !== undefined) {
+          const p = domain(self).ports.get(c.notify.port);
+          if (p !== undefined) notifyPort(p);
+        }
+      },
+      setUnmapNotify(m, notify) {
+        const c = copies.get(m);
+        if (c === undefined) throw new MemoryHostError('setUnmapNotify on an unknown mapping', 'EINVAL');
+        c.notify = notify;
+      },
+      close() {
+        for (const m of [...held]) if (copies.has(m)) api.unmap(m);
+      },
+    };
+    return api;
+  }
+
+  function notifyPort(p: Port): void {
+    const r = p.remote;
+    if (r === undefined || r.closed) return;
+    if (r.pending) return; // coalesce, as a pending bit does
+    r.pending = true;
+    setImmediate(() => {
+      r.pending = false;
+      if (!r.closed) r.handler?.();
+    });
+  }
+
+  function evtchn(self: number): EventChannels {
+    const d = domain(self);
+    function channel(p: Port): EventChannel {
+      return {
+        localPort: p.local,
+        remoteDomid: p.remoteDomid,
+        notify: () => {
+          if (p.closed) throw new MemoryHostError(`port ${p.local} is closed`, 'EINVAL');
+          notifyPort(p);
+        },
+        onEvent: (h) => { p.handler = h; },
+        close: () => {
+          if (p.closed) return;
+          p.closed = true;
+          d.ports.delete(p.local);
+          if (p.remote !== undefined) p.remote.remote = undefined;
+        },
+      };
+    }
+    const open = new Set<EventChannel>();
+    return {
+      allocUnbound(remoteDomid) {
+        const p: Port = { domid: self, local: d.nextPort++, remoteDomid, remote: undefined, handler: undefined, pending: false, closed: false };
+        d.ports.set(p.local, p);
+        const c = channel(p);
+        open.add(c);
+        return c;
+      },
+      bindInterdomain(remoteDomid, remotePort) {
+        const rp = domain(remoteDomid).ports.get(remotePort);
+        if (rp === undefined || rp.closed) throw new MemoryHostError(`domain ${remoteDomid} has no port ${remotePort}`, 'EINVAL');
+        if (rp.remoteDomid !== self || rp.remote !== undefined) throw new MemoryHostError(`port ${remotePort} of domain ${remoteDomid} is not unbound for domain ${self}`, 'EINVAL');
+        const p: Port = { domid: self, local: d.nextPort++, remoteDomid, remote: rp, handler: undefined, pending: false, closed: false };
+        rp.remote = p;
+        d.ports.set(p.local, p);
+        const c = channel(p);
+        open.add(c);
+        return c;
+      },
+      close() {
+        for (const c of open) c.close();
+        open.clear();
+      },
+    };
+  }
+
+  return {
+    sharer, mapper, evtchn,
+    host(domid, xenstore) {
+      const s = sharer(domid);
+      const m = mapper(domid);
+      const e = evtchn(domid);
+      return {
+        kind: 'sim', domid, xenstore, sharer: s, mapper: m, evtchn: e,
+        async close() {
+          m.close();
+          e.close();
+          s.close();
+          await xenstore.close();
+        },
+      };
+    },
+    usage(domid) {
+      const d = domain(domid);
+      return { grants: d.grants.size, mappings: mappingsBy.get(domid)?.size ?? 0, ports: d.ports.size };
+    },
+  };
+}

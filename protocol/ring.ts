@@ -144,6 +144,21 @@ export function unconsumedResponses(f: FrontRing): number {
   return (Atomics.load(f.sring.idx, RSP_PROD) - f.rspCons) >>> 0;
 }
 
+/** `nextResponseSlot(f)` is the byte offset of the next response to consume; it advances rspCons. */
+export function nextResponseSlot(f: FrontRing): number {
+  const off = entryOffset(f.sring, f.rspCons);
+  f.rspCons = (f.rspCons + 1) >>> 0;
+  return off;
+}
+
+/**
+ * `responseProdOverflow(f, prod)` is whether a published `prod` claims more unconsumed responses
+ * than the ring holds (RING_RESPONSE_PROD_OVERFLOW): the backend is buggy or malicious.
+ */
+export function responseProdOverflow(f: FrontRing, prod: number): boolean {
+  return ((prod - f.rspCons) >>> 0) > f.sring.size;
+}
+
 /**
  * `finalCheckForResponses(f)` is whether responses are waiting; when none are, it first asks for
  * an event on the next response and re-checks, so a response published concurrently is not
@@ -200,7 +215,8 @@ export function requestConsOverflow(b: BackRing, cons: number): boolean {
  */
 export function unconsumedRequests(b: BackRing): number {
   const req = (Atomics.load(b.sring.idx, REQ_PROD) - b.reqCons) >>> 0;
-  const rsp = b.sring.size - ((b.reqCons - b.rspProdPvt) >>> 0);
+  // u32 like ring.h's `unsigned int rsp`: never negative, even if responses ran ahead.
+  const rsp = (b.sring.size - ((b.reqCons - b.rspProdPvt) >>> 0)) >>> 0;
   return req < rsp ? req : rsp;
 }
 

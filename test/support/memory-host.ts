@@ -32,8 +32,10 @@ interface GrantEntry {
 interface Domain {
   readonly domid: number;
   readonly ram: Buffer;
-  nextFrame: number;
-  readonly freeFrames: number[];
+  /** 1 where a frame is in use; shares take the first run of `count` free frames. */
+  readonly used: Uint8Array;
+  /** Where the next search starts (next-fit keeps allocation cheap for long tests). */
+  cursor: number;
   readonly grants: Map<number, GrantEntry>;
   nextRef: number;
   readonly ports: Map<number, Port>;
@@ -77,7 +79,7 @@ export function createMemoryPlatform(opts: { ramPages?: number } = {}): MemoryPl
     let d = domains.get(domid);
     if (d === undefined) {
       d = {
-        domid, ram: Buffer.alloc(ramPages * PAGE_SIZE), nextFrame: 0, freeFrames: [],
+        domid, ram: Buffer.alloc(ramPages * PAGE_SIZE), used: new Uint8Array(ramPages), cursor: 0,
         grants: new Map(), nextRef: 8, ports: new Map(), nextPort: 1,
       };
       domains.set(domid, d);
@@ -86,11 +88,21 @@ export function createMemoryPlatform(opts: { ramPages?: number } = {}): MemoryPl
   }
 
   function allocFrames(d: Domain, count: number): number {
-    // Contiguous frames for one share, so a peer mapping them in one call aliases them.
-    if (d.nextFrame + count > ramPages) throw new MemoryHostError(`domain ${d.domid} out of RAM`, 'ENOMEM');
-    const first = d.nextFrame;
-    d.nextFrame += count;
-    return first;
+    // Contiguous frames for one share, so a peer mapping them in one call aliases them; freed
+    // frames are reused (next-fit over the whole RAM, wrapping once).
+    for (let tried = 0, start = d.cursor; tried < 2; tried++, start = 0) {
+      let run = 0;
+      for (let f = start; f < ramPages; f++) {
+        run = d.used[f] === 0 ? run + 1 : 0;
+        if (run === count) {
+          const first = f - count + 1;
+          d.used.fill(1, first, first + count);
+          d.cursor = (first + count) % ramPages;
+          return first;
+        }
+      }
+    }
+    throw new MemoryHostError(`domain ${d.domid} has no ${count} free contiguous pages`, 'ENOMEM');
   }
 
   function sharer(self: number): GrantSharer {
@@ -114,7 +126,11 @@ export function createMemoryPlatform(opts: { ramPages?: number } = {}): MemoryPl
           const g = d.grants.get(ref);
           if (g !== undefined && g.pins > 0) throw new MemoryHostError(`grant ${ref} still mapped by domain ${g.grantee}`, 'EBUSY');
         }
-        for (const ref of pages.refs) d.grants.delete(ref);
+        for (const ref of pages.refs) {
+          const g = d.grants.get(ref);
+          if (g !== undefined) d.used[g.frame] = 0;
+          d.grants.delete(ref);
+        }
       },
       close() {
         d.grants.clear();

@@ -50,3 +50,15 @@ test('events coalesce and are delivered after bind', async () => {
   front.close();
   assert.equal(p.usage(0).ports + p.usage(1).ports, 0);
 });
+
+test('frames freed by endAccess are reused', () => {
+  const p = createMemoryPlatform({ ramPages: 4 });
+  const s = p.sharer(1);
+  for (let i = 0; i < 100; i++) {
+    const pages = s.share(0, 3, true);
+    s.endAccess(pages);
+  }
+  const a = s.share(0, 2, true);
+  assert.throws(() => s.share(0, 3, true), /no 3 free contiguous pages/);
+  s.endAccess(a);
+});

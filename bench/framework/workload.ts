@@ -1,0 +1,97 @@
+// An fio-like workload engine shared by every side of a full-stack comparison, so the frontend
+// (blkfront) and the direct reference (the same file through the same Node I/O calls) run the
+// exact same loop: `qd` lanes, each issuing one I/O at a time until the deadline, offsets
+// uniformly random (block-aligned, xorshift32) or sequential (one shared cursor, wrapping at
+// the end of the span, kept across samples so consecutive samples move on through the file).
+// Buffers are page-aligned (anonymous mmap) so that O_DIRECT accepts them on the direct side;
+// the frontend gets the same kind of memory.
+import { MAP, PROT, addressOf, isMapFailed, libc, viewAt } from '../../native/libc.ts';
+
+/** One workload. */
+export interface Workload {
+  readonly op: 'read' | 'write';
+  readonly pattern: 'rand' | 'seq';
+  /** Block size in bytes (a multiple of 4096). */
+  readonly bs: number;
+  readonly qd: number;
+  /** Duration of the sample in ms (lanes finish the I/O they have in flight). */
+  readonly ms: number;
+  /** Bytes of the target used, from offset 0. */
+  readonly span: number;
+  readonly seed: number;
+}
+
+/** What a sample did. */
+export interface WorkloadResult {
+  readonly ops: number;
+  readonly bytes: number;
+  readonly ns: number;
+}
+
+/** Where the I/O goes: byte offsets, whole buffers. */
+export interface IoTarget {
+  read(offset: number, buf: Uint8Array): Promise<unknown>;
+  write(offset: number, buf: Uint8Array): Promise<unknown>;
+}
+
+/** `alignedBuffer(bytes)` is a page-aligned, zeroed Buffer of anonymous memory (kept for the process's life). */
+export function alignedBuffer(bytes: number): Buffer {
+  const len = Math.ceil(bytes / 4096) * 4096;
+  const p = libc.mmap(null, len, PROT.READ | PROT.WRITE, MAP.PRIVATE | MAP.ANONYMOUS, -1, 0);
+  if (isMapFailed(p)) throw new Error(`mmap of ${len} bytes failed`);
+  return Buffer.from(viewAt(addressOf(p), len)).subarray(0, bytes);
+}
+
+const buffers = new Map<string, Buffer[]>();
+
+function lanesBuffers(qd: number, bs: number): Buffer[] {
+  const key = `${qd}/${bs}`;
+  let b = buffers.get(key);
+  if (b === undefined) {
+    b = [];
+    for (let i = 0; i < qd; i++) {
+      const buf = alignedBuffer(bs);
+      for (let j = 0; j < bs; j += 512) buf[j] = (i + j) & 0xff; // writes carry non-zero data
+      b.push(buf);
+    }
+    buffers.set(key, b);
+  }
+  return b;
+}
+
+const cursors = new Map<number, number>();
+
+/** `runWorkload(target, w)` runs `w` against `target` and is what it did. */
+export async function runWorkload(target: IoTarget, w: Workload): Promise<WorkloadResult> {
+  const blocks = Math.floor(w.span / w.bs);
+  if (blocks < 1) throw new Error(`span ${w.span} smaller than one ${w.bs}-byte block`);
+  const bufs = lanesBuffers(w.qd, w.bs);
+  let seed = w.seed >>> 0 || 1;
+  let cursor = cursors.get(w.bs) ?? 0;
+  const next = w.pattern === 'rand'
+    ? (): number => {
+      seed ^= seed << 13; seed >>>= 0;
+      seed ^= seed >>> 17;
+      seed ^= seed << 5; seed >>>= 0;
+      return (seed % blocks) * w.bs;
+    }
+    : (): number => {
+      const off = cursor * w.bs;
+      cursor = cursor + 1 === blocks ? 0 : cursor + 1;
+      return off;
+    };
+  let ops = 0;
+  const t0 = process.hrtime.bigint();
+  const deadline = performance.now() + w.ms;
+  const lane = async (buf: Buffer): Promise<void> => {
+    if (w.op === 'read') {
+      while (performance.now() < deadline) { await target.read(next(), buf); ops++; }
+    } else {
+      while (performance.now() < deadline) { await target.write(next(), buf); ops++; }
+    }
+  };
+  await Promise.all(bufs.map(lane));
+  const ns = Number(process.hrtime.bigint() - t0);
+  cursors.set(w.bs, cursor);
+  return { ops, bytes: ops * w.bs, ns };
+}

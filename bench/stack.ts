@@ -1,0 +1,199 @@
+// Benchmark 3, the full stack on the simulated host: fio-like workloads through
+// blkfront -> ring -> blkback -> raw file (three processes: a guest running lib/blkfront,
+// bench/stack-front.ts; dom0 running lib/blkback, bench/stack-back.ts; the simulator's
+// daemon), against the limit: the same backing file read and written directly by the same
+// Node I/O calls the raw-file backend makes, at the same queue depth, in a process of its own
+// (bench/stack-direct.ts). Both sides run the same engine (framework/workload.ts).
+//
+// Page cache: the backend opens the file O_DIRECT when the filesystem allows it (ext4, xfs:
+// yes; tmpfs: no) and the direct side then does too, so neither is served from dom0's page
+// cache (we cannot drop caches portably); a hypervisor or host cache below this machine's disk
+// is beyond our reach and serves both alike. When O_DIRECT is refused both sides are buffered
+// and the page cache serves both (the file is then smaller than free memory: say so).
+//
+// Then the value of each feature: the same workload on a second disk (same file) whose
+// frontend turns one feature off or changes one setting, interleaved with the default disk.
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { attachSim } from '../lib/sim/attach.ts';
+import { startSim } from '../lib/sim/start.ts';
+import { createVbd } from '../lib/toolstack/vbd.ts';
+import type { BlkfrontOptions } from '../lib/blkfront/device.ts';
+import type { Bench, BenchContext } from './framework/bench.ts';
+import type { Goal } from './framework/figure.ts';
+import { filesystemOf } from './framework/machine.ts';
+import type { Workload, WorkloadResult } from './framework/workload.ts';
+import { Worker } from './framework/worker.ts';
+
+const FRONT_DOMID = 1;
+const FILE_BYTES = 1 << 30;
+const KiB = 1024;
+const MiB = 1024 * 1024;
+
+/** A workload of the comparison. */
+interface Job {
+  readonly id: string;
+  readonly op: 'read' | 'write';
+  readonly pattern: 'rand' | 'seq';
+  readonly bs: number;
+  readonly qd: number;
+  readonly goal?: Goal;
+}
+
+/** The fio-like jobs, in order: 4 KiB random at QD1 and QD32, 64 KiB and 1 MiB sequential at QD4. */
+export const JOBS: readonly Job[] = [
+  { id: '4k-randread-qd1', op: 'read', pattern: 'rand', bs: 4 * KiB, qd: 1 },
+  { id: '4k-randread-qd32', op: 'read', pattern: 'rand', bs: 4 * KiB, qd: 32, goal: { cmp: '>=', ratio: 0.8 } },
+  { id: '4k-randwrite-qd1', op: 'write', pattern: 'rand', bs: 4 * KiB, qd: 1 },
+  { id: '4k-randwrite-qd32', op: 'write', pattern: 'rand', bs: 4 * KiB, qd: 32 },
+  { id: '64k-seqread-qd4', op: 'read', pattern: 'seq', bs: 64 * KiB, qd: 4 },
+  { id: '64k-seqwrite-qd4', op: 'write', pattern: 'seq', bs: 64 * KiB, qd: 4 },
+  { id: '1m-seqread-qd4', op: 'read', pattern: 'seq', bs: MiB, qd: 4, goal: { cmp: '>=', ratio: 0.95 } },
+  { id: '1m-seqwrite-qd4', op: 'write', pattern: 'seq', bs: MiB, qd: 4, goal: { cmp: '>=', ratio: 0.95 } },
+];
+
+/** A frontend configuration compared with a baseline on one job. */
+interface Variant {
+  /** Figure suffix. */
+  readonly id: string;
+  readonly vdev: string;
+  readonly opts: BlkfrontOptions;
+  /** The disk it is compared with, and how that one is described. */
+  readonly baseVdev: string;
+  readonly baseLabel: string;
+  readonly jobs: readonly string[];
+  readonly what: string;
+}
+
+const DEFAULT_VDEV = 'xvdb';
+const QUEUES4_VDEV = 'xvdf';
+
+/** Variants: each turns one feature off (or changes one setting) against the default disk. */
+export const VARIANTS: readonly Variant[] = [
+  { id: 'no-persistent', vdev: 'xvdc', opts: { persistent: false }, baseVdev: DEFAULT_VDEV, baseLabel: 'persistent grants (default)', jobs: ['4k-randread-qd32', '1m-seqread-qd4'], what: 'without persistent grants (grant and map per request)' },
+  { id: 'order0', vdev: 'xvdd', opts: { maxRingPageOrder: 0 }, baseVdev: DEFAULT_VDEV, baseLabel: 'ring order 4 (default)', jobs: ['4k-randread-qd32', '1m-seqread-qd4'], what: 'one-page rings (32 slots) instead of 16 pages (512)' },
+  { id: 'queues1', vdev: 'xvde', opts: { maxQueues: 1 }, baseVdev: QUEUES4_VDEV, baseLabel: '4 queues', jobs: ['4k-randread-qd32'], what: 'one queue against four (multi-queue-num-queues)' },
+  { id: 'no-indirect', vdev: 'xvdg', opts: { maxIndirectSegments: 0 }, baseVdev: DEFAULT_VDEV, baseLabel: 'indirect 32 segments (default)', jobs: ['64k-seqread-qd4', '1m-seqread-qd4'], what: 'direct requests only (11 segments) instead of indirect ones' },
+];
+
+async function ensureBackingFile(file: string, log: (m: string) => void): Promise<void> {
+  try {
+    if (fs.statSync(file).size === FILE_BYTES) return;
+  } catch {
+    // absent: create it
+  }
+  log(`writing ${FILE_BYTES / MiB} MiB backing file ${file} (kept for later runs)`);
+  const fd = fs.openSync(file, 'w');
+  try {
+    const chunk = Buffer.alloc(MiB);
+    for (let i = 0; i < chunk.length; i += 8) chunk.writeUInt32LE((i * 2654435761) >>> 0, i);
+    for (let off = 0; off < FILE_BYTES; off += MiB) {
+      chunk.writeUInt32LE(off / MiB, 0); // every block distinct
+      fs.writeSync(fd, chunk, 0, MiB, off);
+    }
+    fs.fsyncSync(fd);
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
+function unitOf(j: Job): string {
+  return j.pattern === 'rand' ? 'IOPS' : 'MiB/s';
+}
+
+function valueOf(j: Job, r: WorkloadResult): number {
+  const s = r.ns / 1e9;
+  return j.pattern === 'rand' ? r.ops / s : r.bytes / MiB / s;
+}
+
+export const stackBench: Bench = {
+  name: 'stack',
+  title: 'Full stack on the simulator: blkfront -> ring -> blkback -> raw file, vs the file directly',
+  async run(ctx: BenchContext) {
+    const jobs = JOBS.filter((j) => ctx.wants(`stack.${j.id}`));
+    const variants = VARIANTS.flatMap((v) => v.jobs.filter((id) => ctx.wants(`stack.${id}.${v.id}`)).map((id) => ({ v, job: JOBS.find((j) => j.id === id)! })));
+    if (jobs.length === 0 && variants.length === 0) return;
+    const ms = ctx.quick ? 250 : 1000;
+    const file = path.join(ctx.outDir, 'stack-disk.img');
+    await ensureBackingFile(file, ctx.log);
+    const fsInfo = filesystemOf(file);
+
+    const here = path.dirname(new URL(import.meta.url).pathname);
+    const sim = await startSim({ dir: `/dev/shm/xenblk-bench-stack-${process.pid}`, nrFrames: 65536, nrGrants: 32768 });
+    const toolstack = await attachSim({ dir: sim.dir, domid: 0 });
+    const front = Worker.start('stack-front', path.join(here, 'stack-front.ts'));
+    const back = Worker.start('stack-back', path.join(here, 'stack-back.ts'));
+    const direct = Worker.start('stack-direct', path.join(here, 'stack-direct.ts'));
+    try {
+      await front.call('host', { dir: sim.dir, domid: FRONT_DOMID });
+      await back.call('start', { dir: sim.dir, frontendDomid: FRONT_DOMID });
+      const vdevs = [DEFAULT_VDEV, ...new Set(variants.flatMap(({ v }) => [v.vdev, v.baseVdev]))];
+      for (const vdev of new Set(vdevs)) await createVbd(toolstack.xenstore, { frontendDomid: FRONT_DOMID, vdev, params: file });
+      const attached = new Set<string>();
+      const attach = async (vdev: string, opts: BlkfrontOptions): Promise<void> => {
+        if (attached.has(vdev)) return;
+        const info = await front.call<{ features: Record<string, unknown> }>('attach', { vdev, opts });
+        attached.add(vdev);
+        const f = info.features;
+        ctx.log(`${vdev}: ${f.queues} queue(s), ring order ${f.ringPageOrder}, persistent ${f.persistentGrants}, indirect ${f.indirectSegments}`);
+      };
+      await attach(DEFAULT_VDEV, {});
+      const disks = await back.call<{ backing: string }[]>('disks');
+      const oDirect = disks.every((d) => d.backing.includes('O_DIRECT'));
+      await direct.call('open', { path: file, direct: oDirect });
+      const cache = oDirect
+        ? 'both sides O_DIRECT: no dom0 page cache on either (a cache below this VM\'s disk, if any, serves both alike)'
+        : `O_DIRECT refused by ${fsInfo.type}: both sides buffered, so the page cache serves both (${FILE_BYTES / MiB} MiB file < free memory)`;
+      ctx.note(`stack: backing file ${file} on ${fsInfo.device} (${fsInfo.type}), ${FILE_BYTES / MiB} MiB; ${cache}`);
+      ctx.note(`stack: frontend defaults on this machine: ring order 4, queues min(4, CPUs) = ${Math.min(4, os.availableParallelism())}, persistent grants, indirect 32 segments; backend: lib/blkback defaults`);
+
+      const profileDir = ctx.profileDir;
+      if (profileDir !== undefined) await Promise.all([front.profileStart(), back.profileStart()]);
+      const wl = (j: Job, seed: number): Workload => ({ op: j.op, pattern: j.pattern, bs: j.bs, qd: j.qd, ms, span: FILE_BYTES, seed });
+      let seed = 1;
+      const viaStack = (vdev: string, j: Job) => async (): Promise<number> => valueOf(j, await front.call<WorkloadResult>('run', { vdev, workload: wl(j, seed++) }));
+      const viaFile = (j: Job) => async (): Promise<number> => valueOf(j, await direct.call<WorkloadResult>('run', { workload: wl(j, seed++) }));
+
+      for (const j of jobs) {
+        await ctx.measure(
+          {
+            name: `stack.${j.id}`,
+            unit: unitOf(j),
+            limit: 'same file directly (FileHandle readv/writev)',
+            ...(j.goal !== undefined ? { goal: j.goal } : {}),
+            better: 'higher',
+            note: `${j.pattern === 'rand' ? 'random' : 'sequential'} ${j.op}s of ${j.bs / KiB} KiB, ${j.qd} in flight, ${ms} ms per sample, over the ${FILE_BYTES / MiB} MiB file`,
+          },
+          viaStack(DEFAULT_VDEV, j),
+          viaFile(j),
+        );
+      }
+      for (const { v, job } of variants) {
+        await attach(v.baseVdev, v.baseVdev === QUEUES4_VDEV ? { maxQueues: 4 } : {});
+        await attach(v.vdev, v.opts);
+        await ctx.measure(
+          {
+            name: `stack.${job.id}.${v.id}`,
+            unit: unitOf(job),
+            limit: v.baseLabel,
+            better: 'higher',
+            note: `${v.what}; ratio < 1: the feature helps this workload`,
+          },
+          viaStack(v.vdev, job),
+          viaStack(v.baseVdev, job),
+        );
+      }
+      if (profileDir !== undefined) {
+        await front.profileStop(path.join(profileDir, 'stack-front.cpuprofile'));
+        await back.profileStop(path.join(profileDir, 'stack-back.cpuprofile'));
+      }
+    } finally {
+      await front.stop();
+      await back.stop();
+      await direct.stop();
+      await toolstack.close();
+      await sim.stop();
+    }
+  },
+};

@@ -1,0 +1,680 @@
+// The blkback data path for one ring (one queue): consume requests, copy each out of shared
+// memory once, validate it, map its grants, issue the I/O straight into the mapped pages,
+// answer in completion order. The shape follows Linux xen-blkback blkback.c:
+// __do_block_io_op (consume, then RING_FINAL_CHECK_FOR_REQUESTS), dispatch_rw_block_io
+// (validation, grant mapping, I/O), dispatch_discard_io, dispatch_other_io (unknown op:
+// EOPNOTSUPP), make_response (unmap, then respond and notify when rsp_event asks).
+//
+// Facts carried over from Linux:
+// - A request is copied once (XSA-155); only the private copy is validated.
+// - A frontend that publishes req_prod more than a ring ahead of our responses is buggy or
+//   malicious: processing of that ring halts (RING_REQUEST_PROD_OVERFLOW), nothing else does.
+// - Every malformed request is answered BLKIF_RSP_ERROR, an unknown operation
+//   BLKIF_RSP_EOPNOTSUPP; the response carries the request's id and, for INDIRECT, indirect_op
+//   as the operation (blkfront checks it).
+// - Writes, flushes, barriers and discards on a read-only disk fail (xen_vbd_translate); a
+//   range past the end or wrapping fails; on a 4096-byte-sector disk a request whose start or
+//   segment lengths are not whole logical sectors fails ("Misaligned I/O").
+// - Grants are mapped read-only for writes (we only read the guest's pages) and writable for
+//   reads, unless persistent (always writable, reused for both directions); a grant that
+//   cannot be mapped fails the request. Grants are unmapped before the response is published,
+//   so the frontend may end access as soon as it sees it.
+// - A barrier waits for every earlier request to complete (xen_blk_drain_io) and later
+//   requests wait for it. A flush or barrier carrying data flushes, writes, then flushes again
+//   so the data is durable when acknowledged (blkfront sends FUA writes this way).
+// - In flight per ring is bounded (Linux: one pending_req per ring slot); a request that finds
+//   no free slot waits and counts as oo_req.
+// - With persistent grants the indirect descriptor pages are mapped through the persistent
+//   cache too (Linux xen_blkbk_parse_indirect maps them with xen_blkbk_map), so a frontend
+//   that reuses its pages costs no map/unmap per indirect request.
+// - Responses are written to the ring as requests complete but published (rsp_prod) and
+//   notified once per event-loop turn: completions arrive one by one from the I/O threads, and
+//   ring.h's RING_PUSH_RESPONSES_AND_CHECK_NOTIFY over a batch sends one event where one per
+//   response would wake the frontend for each.
+//
+// Allocation: decoding and responding reuse per-slot objects; what a request allocates is what
+// its I/O call needs (the list of buffer views merged from its segments, and the promise);
+// what a batch of completions allocates is one setImmediate.
+import type { GrantMapper, MappedGrants } from '../../gnttab/gnttab.ts';
+import { PAGE_SIZE } from '../../gnttab/gnttab.ts';
+import type { EventChannel } from '../../evtchn/evtchn.ts';
+import type { BlkifAbi, BlkifRequest, BlkifResponse } from '../../protocol/blkif.ts';
+import {
+  BLKIF_DISCARD_SECURE, BLKIF_OP_DISCARD, BLKIF_OP_FLUSH_DISKCACHE, BLKIF_OP_INDIRECT, BLKIF_OP_READ,
+  BLKIF_OP_WRITE, BLKIF_OP_WRITE_BARRIER, BLKIF_RSP_EOPNOTSUPP, BLKIF_RSP_ERROR, BLKIF_RSP_OKAY,
+  BLKIF_SECTOR_SIZE, BLKIF_MAX_INDIRECT_PAGES_PER_REQUEST,
+  blkifErrorStatus, decodeIndirectSegments, decodeRequest, encodeResponse, newBlkifRequest, newBlkifResponse,
+  ringEntrySize,
+} from '../../protocol/blkif.ts';
+import type { BackRing } from '../../protocol/ring.ts';
+import {
+  backRingAttach, finalCheckForRequests, nextRequestSlot, nextResponseOffset, pushResponsesAndCheckNotify,
+  reqProd, requestProdOverflow, rspProd, sringAttach, unconsumedRequests,
+} from '../../protocol/ring.ts';
+import type { BlockBackend } from '../backends/block-backend.ts';
+import { BackendError } from '../backends/block-backend.ts';
+import type { PersistentGrant } from './persistent-grants.ts';
+import { PersistentGrantCache, DEFAULT_MAX_PERSISTENT_GRANTS } from './persistent-grants.ts';
+import type { VbdStats } from './stats.ts';
+
+/** What a ring needs to know about its disk; shared by the rings of one disk and updated on resize. */
+export interface VbdGeometry {
+  /** Size in 512-byte sectors (blkif `sectors`). */
+  sectors: number;
+  /** Logical sector size in bytes (blkif `sector-size`). */
+  sectorSize: number;
+  readonly: boolean;
+  /** feature-flush-cache / feature-barrier advertised: the backing has a cache to flush. */
+  flush: boolean;
+  /** feature-discard advertised. */
+  discard: boolean;
+  /** discard-secure advertised. */
+  discardSecure: boolean;
+}
+
+/** A problem on a ring that stops it (the frontend broke the ring protocol). */
+export class RingServiceError extends Error {
+  override readonly name = 'RingServiceError';
+  constructor(message: string, readonly field: string, readonly value: number) {
+    super(message);
+  }
+}
+
+export interface RingServiceOptions {
+  readonly abi: BlkifAbi;
+  /** The mapped ring pages; the service unmaps them at close. */
+  readonly ring: MappedGrants;
+  /** The bound event channel; the service closes it at close. */
+  readonly channel: EventChannel;
+  readonly mapper: GrantMapper;
+  readonly frontendDomid: number;
+  readonly backing: BlockBackend;
+  readonly vbd: VbdGeometry;
+  readonly stats: VbdStats;
+  /** Both ends offered feature-persistent. */
+  readonly persistent: boolean;
+  /** Persistent grants kept per ring (Linux max_persistent_grants, default 1056). */
+  readonly maxPersistentGrants?: number;
+  /** What we advertised in feature-max-indirect-segments (0: no indirect requests). */
+  readonly maxIndirectSegments: number;
+  /** Requests in flight at most (default: the ring size, as Linux's pending_req pool). */
+  readonly maxInFlight?: number;
+  /** Called once if the ring halts because the frontend broke the ring protocol. */
+  readonly onHalt?: (err: RingServiceError) => void;
+}
+
+/** One request in flight: preallocated and reused (Linux struct pending_req). */
+interface Slot {
+  readonly req: BlkifRequest;
+  start: number;
+  /** Total 512-byte sectors of a read/write. */
+  nsect: number;
+  /** Non-persistent mapping of all segments (page i = segment i) or undefined. */
+  batch: MappedGrants | undefined;
+  /** Persistent grants used by segment i (persistent mode). */
+  readonly pgrants: (PersistentGrant | undefined)[];
+  /** Single-page mappings not cached (persistent mode, cache full of grants in use). */
+  readonly oneOff: MappedGrants[];
+  /** Per segment: the buffer holding it and the byte offset of its first sector. */
+  readonly segBuf: (Buffer | undefined)[];
+  readonly segOff: Int32Array;
+  readonly segLen: Int32Array;
+}
+
+const NOT_RUNNING = 0;
+const WAITING = 1;
+const RUNNING = 2;
+
+/** The service of one blkif ring. */
+export class RingService {
+  readonly abi: BlkifAbi;
+  readonly back: BackRing;
+  private readonly ring: MappedGrants;
+  private readonly channel: EventChannel;
+  private readonly mapper: GrantMapper;
+  private readonly domid: number;
+  private readonly backing: BlockBackend;
+  private readonly vbd: VbdGeometry;
+  private readonly stats: VbdStats;
+  private readonly maxIndirect: number;
+  private readonly maxInFlight: number;
+  private readonly cache: PersistentGrantCache | undefined;
+  private readonly onHalt: ((err: RingServiceError) => void) | undefined;
+  private readonly slots: Slot[] = [];
+  private readonly free: Slot[] = [];
+  private readonly rsp: BlkifResponse = newBlkifResponse();
+  /** Private copy of the indirect segment descriptors (8 pages). */
+  private readonly indirectScratch = new Uint8Array(BLKIF_MAX_INDIRECT_PAGES_PER_REQUEST * PAGE_SIZE);
+  private inFlightCount = 0;
+  private waitingForSlot = false;
+  private barrier: Slot | undefined;
+  private barrierState = NOT_RUNNING;
+  private draining = false;
+  private closed = false;
+  private halted = false;
+  private drainWaiters: (() => void)[] = [];
+  private cacheCounted = 0;
+  /** A push of the responses written since the last one is scheduled (setImmediate). */
+  private pushScheduled = false;
+  private readonly pushLater = (): void => {
+    this.pushScheduled = false;
+    this.pushResponses();
+  };
+
+  constructor(opts: RingServiceOptions) {
+    this.abi = opts.abi;
+    this.ring = opts.ring;
+    this.channel = opts.channel;
+    this.mapper = opts.mapper;
+    this.domid = opts.frontendDomid;
+    this.backing = opts.backing;
+    this.vbd = opts.vbd;
+    this.stats = opts.stats;
+    this.maxIndirect = opts.maxIndirectSegments;
+    this.onHalt = opts.onHalt;
+    const sring = sringAttach(new Uint8Array(opts.ring.buffer.buffer, opts.ring.buffer.byteOffset, opts.ring.buffer.byteLength), ringEntrySize(opts.abi));
+    // BACK_RING_ATTACH at rsp_prod: after a reconnect, what was answered is not served twice.
+    this.back = backRingAttach(sring);
+    if (((reqProd(sring) - rspProd(sring)) >>> 0) > sring.size) {
+      throw new RingServiceError(`ring has req_prod ${reqProd(sring)} more than ${sring.size} ahead of rsp_prod ${rspProd(sring)}`, 'req_prod', reqProd(sring));
+    }
+    this.maxInFlight = Math.max(1, Math.min(opts.maxInFlight ?? sring.size, sring.size));
+    this.cache = opts.persistent ? new PersistentGrantCache(opts.mapper, opts.maxPersistentGrants ?? DEFAULT_MAX_PERSISTENT_GRANTS) : undefined;
+  }
+
+  /** `ringSize` is the number of entries of the ring. */
+  get ringSize(): number {
+    return this.back.sring.size;
+  }
+
+  /** `inFlight` is how many requests are being served now. */
+  get inFlight(): number {
+    return this.inFlightCount;
+  }
+
+  /** `persistentGrants` is how many grants this ring keeps mapped persistently. */
+  get persistentGrants(): number {
+    return this.cache?.size ?? 0;
+  }
+
+  /** `isHalted` tells whether the frontend broke the ring and processing stopped. */
+  get isHalted(): boolean {
+    return this.halted;
+  }
+
+  /** `start()` begins serving: events on the channel wake the consumer; requests already queued are served. */
+  start(): void {
+    this.channel.onEvent(() => this.kick());
+    this.kick();
+  }
+
+  /** `drain()` stops consuming new requests and resolves when none is in flight. */
+  drain(): Promise<void> {
+    this.draining = true;
+    if (this.inFlightCount === 0) return Promise.resolve();
+    return new Promise((resolve) => this.drainWaiters.push(resolve));
+  }
+
+  /**
+   * `close()` drains, then releases everything the ring holds: persistent and in-flight grant
+   * mappings, the ring mapping and the event channel. Idempotent.
+   */
+  async close(): Promise<void> {
+    await this.drain();
+    if (this.closed) return;
+    this.pushResponses();
+    this.closed = true;
+    if (this.cache !== undefined) {
+      this.cache.clear();
+      this.syncCacheCount();
+    }
+    try {
+      this.channel.close();
+    } catch {
+      // Already unbound (the peer went away): nothing left to release.
+    }
+    try {
+      this.mapper.unmap(this.ring);
+    } catch {
+      // Already gone with its peer.
+    }
+  }
+
+  /** `kick()` consumes every request the frontend published (do_block_io_op); called on each event. */
+  kick(): void {
+    if (this.closed || this.draining || this.halted) return;
+    const b = this.back;
+    for (;;) {
+      const prod = reqProd(b.sring);
+      if (requestProdOverflow(b, prod)) {
+        this.halt(new RingServiceError(
+          `frontend published req_prod ${prod}, more than ${b.sring.size} requests ahead of rsp_prod_pvt ${b.rspProdPvt}: halting the ring`,
+          'req_prod', prod));
+        return;
+      }
+      while (unconsumedRequests(b) > 0) {
+        if (this.barrier !== undefined) return;
+        const s = this.takeSlot();
+        if (s === undefined) {
+          this.stats.ooReq++;
+          this.waitingForSlot = true;
+          return;
+        }
+        this.dispatch(s, nextRequestSlot(b));
+      }
+      if (this.barrier !== undefined) return;
+      if (!finalCheckForRequests(b)) return;
+    }
+  }
+
+  private halt(err: RingServiceError): void {
+    this.halted = true;
+    this.stats.errors++;
+    this.onHalt?.(err);
+  }
+
+  private takeSlot(): Slot | undefined {
+    if (this.inFlightCount >= this.maxInFlight) return undefined;
+    let s = this.free.pop();
+    if (s === undefined) {
+      // Slots are created on first need and reused: a ring that never has many requests in
+      // flight never pays for 512 of them.
+      s = {
+        req: newBlkifRequest(),
+        start: 0,
+        nsect: 0,
+        batch: undefined,
+        pgrants: [],
+        oneOff: [],
+        segBuf: [],
+        segOff: new Int32Array(Math.max(this.maxIndirect, 11)),
+        segLen: new Int32Array(Math.max(this.maxIndirect, 11)),
+      };
+      this.slots.push(s);
+    }
+    this.inFlightCount++;
+    this.stats.inFlight++;
+    s.start = performance.now();
+    return s;
+  }
+
+  /** Copies the request at `off` once, validates it and starts serving it. */
+  private dispatch(s: Slot, off: number): void {
+    const req = s.req;
+    const err = decodeRequest(this.abi, this.ring.buffer, off, req, this.maxIndirect);
+    if (err !== undefined) {
+      this.countOp(req);
+      this.complete(s, blkifErrorStatus(err));
+      return;
+    }
+    switch (req.operation) {
+      case BLKIF_OP_DISCARD:
+        this.stats.dsReq++;
+        this.run(s, this.serveDiscard(s));
+        return;
+      case BLKIF_OP_WRITE_BARRIER: {
+        this.stats.fReq++;
+        const status = this.prepareRw(s);
+        if (status !== BLKIF_RSP_OKAY) {
+          this.complete(s, status);
+          return;
+        }
+        // Drain: the barrier runs when it is the only request in flight; nothing is consumed
+        // until it completes.
+        this.barrier = s;
+        this.barrierState = WAITING;
+        this.maybeStartBarrier();
+        return;
+      }
+      default: {
+        this.countOp(req);
+        const status = this.prepareRw(s);
+        if (status !== BLKIF_RSP_OKAY) {
+          this.complete(s, status);
+          return;
+        }
+        this.run(s, this.serveRw(s));
+      }
+    }
+  }
+
+  private countOp(req: BlkifRequest): void {
+    switch (req.operation) {
+      case BLKIF_OP_READ: this.stats.rdReq++; break;
+      case BLKIF_OP_WRITE: this.stats.wrReq++; break;
+      case BLKIF_OP_FLUSH_DISKCACHE: this.stats.fReq++; break;
+      case BLKIF_OP_DISCARD: this.stats.dsReq++; break;
+      case BLKIF_OP_INDIRECT:
+        if (req.dataOp === BLKIF_OP_READ) this.stats.rdReq++;
+        else if (req.dataOp === BLKIF_OP_WRITE) this.stats.wrReq++;
+        break;
+      default: break;
+    }
+  }
+
+  private maybeStartBarrier(): void {
+    const s = this.barrier;
+    if (s === undefined || this.barrierState !== WAITING || this.inFlightCount !== 1) return;
+    this.barrierState = RUNNING;
+    this.run(s, this.serveRw(s));
+  }
+
+  private run(s: Slot, p: Promise<number>): void {
+    p.then(
+      (status) => this.complete(s, status),
+      () => this.complete(s, BLKIF_RSP_ERROR),
+    );
+  }
+
+  /**
+   * Validates a READ/WRITE/WRITE_BARRIER/FLUSH_DISKCACHE/INDIRECT request against the disk and
+   * maps its grants; BLKIF_RSP_OKAY when it may be served (grants held in `s`).
+   */
+  private prepareRw(s: Slot): number {
+    const req = s.req;
+    const op = req.dataOp;
+    if (op !== BLKIF_OP_READ && this.vbd.readonly) return BLKIF_RSP_ERROR;
+    if (req.operation === BLKIF_OP_INDIRECT) {
+      const st = this.readIndirectSegments(s);
+      if (st !== BLKIF_RSP_OKAY) return st;
+    }
+    const n = req.nrSegments;
+    let nsect = 0;
+    const align = this.vbd.sectorSize / BLKIF_SECTOR_SIZE - 1;
+    if ((req.sectorNumber & align) !== 0) return BLKIF_RSP_ERROR;
+    for (let i = 0; i < n; i++) {
+      const len = req.segLast[i]! - req.segFirst[i]! + 1;
+      if ((len & align) !== 0) return BLKIF_RSP_ERROR;
+      nsect += len;
+    }
+    s.nsect = nsect;
+    if (nsect > 0 && !(req.sectorNumber + nsect <= this.vbd.sectors)) return BLKIF_RSP_ERROR;
+    if (n === 0) return BLKIF_RSP_OKAY;
+    return this.mapSegments(s) ? BLKIF_RSP_OKAY : BLKIF_RSP_ERROR;
+  }
+
+  /** Maps the indirect pages, copies the descriptors they hold once, releases the pages. */
+  private readIndirectSegments(s: Slot): number {
+    const req = s.req;
+    const pages = req.nrIndirectPages;
+    const scratch = this.indirectScratch;
+    if (this.cache !== undefined) {
+      if (!this.copyIndirectPersistent(req, this.cache)) return BLKIF_RSP_ERROR;
+    } else {
+      let mapping: MappedGrants;
+      try {
+        const refs: number[] = [];
+        for (let i = 0; i < pages; i++) refs.push(req.indirectGrefs[i]!);
+        mapping = this.mapper.map(this.domid, refs, false);
+      } catch {
+        return BLKIF_RSP_ERROR;
+      }
+      try {
+        scratch.set(mapping.buffer.subarray(0, req.nrSegments * 8));
+      } finally {
+        this.mapper.unmap(mapping);
+      }
+    }
+    // The whole scratch is passed (no view per request): only nrSegments descriptors are read.
+    const err = decodeIndirectSegments(scratch, req);
+    return err === undefined ? BLKIF_RSP_OKAY : BLKIF_RSP_ERROR;
+  }
+
+  /**
+   * Copies the indirect pages into the scratch through the persistent cache (a page not cached
+   * yet is mapped and cached; one that cannot be cached is unmapped at once); false when one
+   * cannot be mapped.
+   */
+  private copyIndirectPersistent(req: BlkifRequest, cache: PersistentGrantCache): boolean {
+    const scratch = this.indirectScratch;
+    const pages = req.nrIndirectPages;
+    let ok = true;
+    for (let k = 0; k < pages; k++) {
+      const gref = req.indirectGrefs[k]!;
+      const g = cache.acquire(gref);
+      if (g !== undefined) {
+        // A one-page mapping: the whole page fits the scratch (8 pages); copying all of it
+        // avoids a view of the used part.
+        scratch.set(g.mapping.buffer, k * PAGE_SIZE);
+        cache.release(g);
+        continue;
+      }
+      // Read-only suffices to read descriptors, but mapOne prefers writable so that the same
+      // page can serve later as a data page of a READ (blkfront reuses its pages for both).
+      const m = this.mapOne(gref, false);
+      if (m === undefined) {
+        ok = false;
+        break;
+      }
+      scratch.set(m.buffer, k * PAGE_SIZE);
+      const inserted = cache.insert(gref, m);
+      if (inserted !== undefined) cache.release(inserted);
+      else {
+        try { this.mapper.unmap(m); } catch { /* gone with the peer */ }
+      }
+    }
+    this.syncCacheCount();
+    return ok;
+  }
+
+  /** Maps the request's segment grants into `s`; false (nothing left mapped) when one cannot be. */
+  private mapSegments(s: Slot): boolean {
+    const req = s.req;
+    const n = req.nrSegments;
+    const writable = req.dataOp === BLKIF_OP_READ;
+    if (this.cache === undefined) {
+      const refs: number[] = new Array<number>(n);
+      for (let i = 0; i < n; i++) refs[i] = req.segGref[i]!;
+      let m: MappedGrants;
+      try {
+        m = this.mapper.map(this.domid, refs, writable);
+      } catch {
+        return false;
+      }
+      s.batch = m;
+      for (let i = 0; i < n; i++) {
+        s.segBuf[i] = m.buffer;
+        s.segOff[i] = i * PAGE_SIZE + req.segFirst[i]! * BLKIF_SECTOR_SIZE;
+        s.segLen[i] = (req.segLast[i]! - req.segFirst[i]! + 1) * BLKIF_SECTOR_SIZE;
+      }
+      return true;
+    }
+    const cache = this.cache;
+    for (let i = 0; i < n; i++) {
+      const gref = req.segGref[i]!;
+      let buf: Buffer | undefined;
+      let g = cache.acquire(gref);
+      if (g !== undefined && writable && !g.mapping.writable) {
+        // Cached read-only (the frontend granted it so for a write); a read needs it writable.
+        cache.release(g);
+        cache.drop(gref);
+        g = undefined;
+      }
+      if (g !== undefined) {
+        buf = g.mapping.buffer;
+      } else {
+        const m = this.mapOne(gref, writable);
+        if (m === undefined) {
+          s.pgrants.length = i;
+          this.releaseGrants(s);
+          return false;
+        }
+        g = cache.insert(gref, m);
+        if (g === undefined) s.oneOff.push(m);
+        buf = m.buffer;
+      }
+      s.pgrants[i] = g;
+      s.segBuf[i] = buf;
+      s.segOff[i] = req.segFirst[i]! * BLKIF_SECTOR_SIZE;
+      s.segLen[i] = (req.segLast[i]! - req.segFirst[i]! + 1) * BLKIF_SECTOR_SIZE;
+    }
+    s.pgrants.length = n;
+    this.syncCacheCount();
+    return true;
+  }
+
+  /** Maps one grant for the persistent cache: writable if the frontend allows, else read-only when that suffices. */
+  private mapOne(gref: number, needWrite: boolean): MappedGrants | undefined {
+    try {
+      return this.mapper.map(this.domid, [gref], true);
+    } catch {
+      if (needWrite) return undefined;
+    }
+    try {
+      return this.mapper.map(this.domid, [gref], false);
+    } catch {
+      return undefined;
+    }
+  }
+
+  /** Unmaps or releases every grant `s` holds (before its response is published). */
+  private releaseGrants(s: Slot): void {
+    if (s.batch !== undefined) {
+      const m = s.batch;
+      s.batch = undefined;
+      try { this.mapper.unmap(m); } catch { /* gone with the peer */ }
+    }
+    if (this.cache !== undefined) {
+      const pg = s.pgrants;
+      for (let i = 0; i < pg.length; i++) {
+        const g = pg[i];
+        if (g !== undefined) this.cache.release(g);
+      }
+      pg.length = 0;
+    }
+    while (s.oneOff.length > 0) {
+      const m = s.oneOff.pop()!;
+      try { this.mapper.unmap(m); } catch { /* gone with the peer */ }
+    }
+    s.segBuf.length = 0;
+  }
+
+  /** The buffers of `s`'s segments, adjacent pieces of one mapping merged into one view. */
+  private iovec(s: Slot): Buffer[] {
+    const n = s.req.nrSegments;
+    const iov: Buffer[] = [];
+    let buf = s.segBuf[0]!;
+    let start = s.segOff[0]!;
+    let end = start + s.segLen[0]!;
+    for (let i = 1; i < n; i++) {
+      const b = s.segBuf[i]!;
+      const o = s.segOff[i]!;
+      if (b === buf && o === end) {
+        end += s.segLen[i]!;
+        continue;
+      }
+      iov.push(buf.subarray(start, end));
+      buf = b;
+      start = o;
+      end = o + s.segLen[i]!;
+    }
+    iov.push(buf.subarray(start, end));
+    return iov;
+  }
+
+  private async serveRw(s: Slot): Promise<number> {
+    const req = s.req;
+    const offset = req.sectorNumber * BLKIF_SECTOR_SIZE;
+    const isFlush = req.operation === BLKIF_OP_FLUSH_DISKCACHE || req.operation === BLKIF_OP_WRITE_BARRIER;
+    try {
+      if (isFlush) {
+        if (this.vbd.flush) await this.backing.flush();
+        if (req.nrSegments > 0) {
+          await this.backing.write(offset, this.iovec(s));
+          this.stats.wrSect += s.nsect;
+          if (this.vbd.flush) await this.backing.flush();
+        }
+      } else if (req.dataOp === BLKIF_OP_READ) {
+        await this.backing.read(offset, this.iovec(s));
+        this.stats.rdSect += s.nsect;
+      } else {
+        await this.backing.write(offset, this.iovec(s));
+        this.stats.wrSect += s.nsect;
+      }
+      return BLKIF_RSP_OKAY;
+    } catch (e) {
+      return e instanceof BackendError && e.code === 'EOPNOTSUPP' ? BLKIF_RSP_EOPNOTSUPP : BLKIF_RSP_ERROR;
+    }
+  }
+
+  private async serveDiscard(s: Slot): Promise<number> {
+    const req = s.req;
+    const vbd = this.vbd;
+    if (!vbd.discard) return BLKIF_RSP_EOPNOTSUPP;
+    if (vbd.readonly) return BLKIF_RSP_ERROR;
+    const start = req.sectorNumber;
+    const count = req.nrSectors;
+    if (!(start + count <= vbd.sectors)) return BLKIF_RSP_ERROR;
+    const align = vbd.sectorSize / BLKIF_SECTOR_SIZE - 1;
+    if ((start & align) !== 0 || (count & align) !== 0) return BLKIF_RSP_ERROR;
+    if (count === 0) return BLKIF_RSP_OKAY;
+    // Linux: secure only when both the disk supports it and the frontend asked.
+    const secure = vbd.discardSecure && (req.discardFlag & BLKIF_DISCARD_SECURE) !== 0;
+    try {
+      await this.backing.discard(start * BLKIF_SECTOR_SIZE, count * BLKIF_SECTOR_SIZE, { secure });
+      return BLKIF_RSP_OKAY;
+    } catch (e) {
+      return e instanceof BackendError && e.code === 'EOPNOTSUPP' ? BLKIF_RSP_EOPNOTSUPP : BLKIF_RSP_ERROR;
+    }
+  }
+
+  /** Releases `s`'s grants, publishes its response (make_response) and frees the slot. */
+  private complete(s: Slot, status: number): void {
+    this.releaseGrants(s);
+    const req = s.req;
+    if (status !== BLKIF_RSP_OKAY) this.stats.errors++;
+    this.stats.recordLatency(performance.now() - s.start);
+    if (!this.closed) {
+      const rsp = this.rsp;
+      rsp.idLo = req.idLo;
+      rsp.idHi = req.idHi;
+      rsp.operation = req.dataOp & 0xff;
+      rsp.status = status;
+      encodeResponse(this.abi, this.ring.buffer, nextResponseOffset(this.back), rsp);
+      if (!this.pushScheduled) {
+        this.pushScheduled = true;
+        setImmediate(this.pushLater);
+      }
+    }
+    this.inFlightCount--;
+    this.stats.inFlight--;
+    this.free.push(s);
+    if (this.barrier === s) {
+      this.barrier = undefined;
+      this.barrierState = NOT_RUNNING;
+      if (!this.draining) queueMicrotask(() => this.kick());
+    } else if (this.barrier !== undefined) {
+      this.maybeStartBarrier();
+    } else if (this.waitingForSlot) {
+      this.waitingForSlot = false;
+      if (!this.draining) queueMicrotask(() => this.kick());
+    }
+    if (this.draining && this.inFlightCount === 0) {
+      // Publish now: whoever waits for the drain may close the ring before the scheduled push.
+      this.pushResponses();
+      const w = this.drainWaiters;
+      this.drainWaiters = [];
+      for (const f of w) f();
+    }
+  }
+
+  /** Publishes the responses written so far and notifies the frontend if it asked (RING_PUSH_RESPONSES_AND_CHECK_NOTIFY). */
+  private pushResponses(): void {
+    if (this.closed) return;
+    if (pushResponsesAndCheckNotify(this.back)) this.notify();
+  }
+
+  private notify(): void {
+    try {
+      this.channel.notify();
+    } catch {
+      // The frontend's port is gone (it died or is closing): nobody to wake.
+    }
+  }
+
+  private syncCacheCount(): void {
+    const now = this.cache?.size ?? 0;
+    this.stats.persistentGrants += now - this.cacheCounted;
+    this.cacheCounted = now;
+  }
+}

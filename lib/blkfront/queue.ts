@@ -1,0 +1,437 @@
+// One blkif ring as the frontend drives it (Linux blkfront's struct blkfront_ring_info): the
+// shared ring pages, its event channel, a shadow slot per ring entry remembering what each
+// outstanding request was, and the pages granted for its data.
+//
+// Request ids: the low 32 bits are the shadow slot (< ring size, as Linux stamps
+// get_id_from_freelist), the high 32 bits the slot's generation, bumped on every use. A
+// response is accepted only if its id names a slot waiting for exactly that generation and
+// its operation is the one sent (blkif_interrupt's checks); so a stale or duplicated response
+// can never complete a later request, and a read is never resolved with someone else's data.
+// Any violation is a protocol error: the device is disabled (Linux BLKIF_STATE_ERROR).
+import type { EventChannel, EventChannels } from '../../evtchn/evtchn.ts';
+import type { GrantSharer, SharedPages } from '../../gnttab/gnttab.ts';
+import { PAGE_SIZE } from '../../gnttab/gnttab.ts';
+import {
+  BLKIF_OP_DISCARD, BLKIF_OP_FLUSH_DISKCACHE, BLKIF_OP_INDIRECT, BLKIF_OP_READ,
+  BLKIF_OP_WRITE, BLKIF_OP_WRITE_BARRIER, BLKIF_SECTOR_SIZE, decodeResponse, encodeIndirectSegments, encodeRequest,
+  newBlkifRequest, newBlkifResponse, ringEntrySize,
+} from '../../protocol/blkif.ts';
+import type { BlkifAbi, BlkifRequest } from '../../protocol/blkif.ts';
+import {
+  entryOffset, finalCheckForResponses, frontRingInit, nextRequestOffset, pushRequestsAndCheckNotify, responseProdOverflow, rspProd,
+  sringInit,
+} from '../../protocol/ring.ts';
+import type { FrontRing } from '../../protocol/ring.ts';
+import { BlkfrontError } from './errors.ts';
+import { GrantReaper, PersistentGrantPool } from './grant-pool.ts';
+import type { IoOp } from './op.ts';
+import { indirectPagesFor, newSegmentGeometry, segmentAt, segmentsFor, usesIndirect } from './requests.ts';
+
+/** What a queue reports to the dispatcher that owns it. */
+export interface QueueOwner {
+  /** A request of `op` covering [start, start+count) got `status` (already validated as an answer to it). */
+  requestDone(op: IoOp, wireOp: number, start: number, count: number, status: number): void;
+  /** The backend broke the protocol on this ring. */
+  protocolError(e: BlkfrontError): void;
+  /** Responses were consumed: slots and grants may be free for waiting requests. */
+  kick(): void;
+}
+
+/** Per-connection I/O settings a queue needs (known once the backend is Connected). */
+export interface QueueIoConfig {
+  /** Persistent grants negotiated: data pages come from a pool granted once. */
+  readonly persistent: boolean;
+  /** Segments per indirect request, 0 when only direct requests are used. */
+  readonly maxIndirectSegments: number;
+  /** Most segments in one request (11 or maxIndirectSegments). */
+  readonly maxSegments: number;
+  /** Upper bound of persistently granted pages for this ring. */
+  readonly maxPoolPages: number;
+}
+
+/** What a queue needs from the platform and the handshake. */
+export interface QueueDeps {
+  readonly index: number;
+  readonly sharer: GrantSharer;
+  readonly evtchn: EventChannels;
+  readonly reaper: GrantReaper;
+  readonly backendDomid: number;
+  readonly abi: BlkifAbi;
+  readonly ringPageOrder: number;
+  /** blkif `handle`: the device number (Linux uses the device directory's number). */
+  readonly handle: number;
+  readonly owner: QueueOwner;
+}
+
+const FREE = 0;
+const WAITING = 1;
+
+/** The shadow of one ring entry (Linux struct blk_shadow). */
+interface Slot {
+  state: number;
+  gen: number;
+  op: IoOp | null;
+  /** The operation the response must carry: READ/WRITE for INDIRECT (its indirect_op). */
+  wireOp: number;
+  start: number;
+  count: number;
+  nData: number;
+  nIndirect: number;
+  /** Pool handles (persistent) of data pages then indirect pages. */
+  handles: Uint32Array;
+  /** Pages shared for this request alone (no persistent grants). */
+  shared: SharedPages | null;
+}
+
+/** One ring between this frontend and the backend. */
+export class BlkfrontQueue {
+  readonly index: number;
+  /** Ring entries (ring.h __RING_SIZE). */
+  readonly size: number;
+  /** Grant references of the ring pages, in ring-ref0.. order. */
+  readonly ringRefs: readonly number[];
+  readonly channel: EventChannel;
+  private readonly ringPages: SharedPages;
+  private readonly front: FrontRing;
+  private readonly slots: Slot[];
+  private readonly freeIds: Int32Array;
+  private freeCount: number;
+  private busy = 0;
+  private io: QueueIoConfig | null = null;
+  private pool: PersistentGrantPool | null = null;
+  private unpushed = false;
+  /** A publish of the unpushed requests is scheduled (setImmediate). */
+  private pushScheduled = false;
+  private readonly pushLater = (): void => {
+    this.pushScheduled = false;
+    this.publish();
+  };
+  private dead = false;
+  /** Scratch for encoding: one request with room for the largest indirect one, reused. */
+  private readonly req: BlkifRequest = newBlkifRequest();
+  private readonly rsp = newBlkifResponse();
+  private readonly geo = newSegmentGeometry();
+  private indirectScratch: Uint8Array | null = null;
+  /** Requests sent and responses consumed on this ring. */
+  requestsSent = 0;
+  responsesSeen = 0;
+
+  constructor(private readonly deps: QueueDeps) {
+    this.index = deps.index;
+    const pages = 1 << deps.ringPageOrder;
+    // setup_blkring: grant the ring pages, SHARED_RING_INIT, FRONT_RING_INIT, alloc an unbound port.
+    this.ringPages = deps.sharer.share(deps.backendDomid, pages, true);
+    try {
+      const sring = sringInit(this.ringPages.buffer, ringEntrySize(deps.abi));
+      this.front = frontRingInit(sring);
+      this.size = sring.size;
+      this.channel = deps.evtchn.allocUnbound(deps.backendDomid);
+    } catch (e) {
+      deps.reaper.release(this.ringPages);
+      throw e;
+    }
+    this.ringRefs = this.ringPages.refs;
+    this.slots = [];
+    this.freeIds = new Int32Array(this.size);
+    for (let i = 0; i < this.size; i++) {
+      this.slots.push({ state: FREE, gen: 0, op: null, wireOp: 0, start: 0, count: 0, nData: 0, nIndirect: 0, handles: new Uint32Array(0), shared: null });
+      this.freeIds[i] = this.size - 1 - i;
+    }
+    this.freeCount = this.size;
+    this.channel.onEvent(() => this.onEvent());
+  }
+
+  /** `freeSlots` is how many more requests the ring takes now. */
+  get freeSlots(): number {
+    return this.dead || this.io === null ? 0 : this.freeCount;
+  }
+
+  /** `inFlight` is how many requests wait for a response. */
+  get inFlight(): number {
+    return this.busy;
+  }
+
+  /** `grantedPages` is how many pages the persistent pool holds (0 without persistent grants). */
+  get grantedPages(): number {
+    return this.pool?.granted ?? 0;
+  }
+
+  /** `configure(io)` sets up the data path once the backend is Connected (blkfront_setup_indirect). */
+  configure(io: QueueIoConfig): void {
+    this.io = io;
+    const perRequest = io.maxSegments + (io.maxIndirectSegments > 0 ? indirectPagesFor(io.maxSegments) : 0);
+    for (const s of this.slots) if (s.handles.length < perRequest) s.handles = new Uint32Array(perRequest);
+    if (io.maxIndirectSegments > 0) {
+      this.indirectScratch = new Uint8Array(indirectPagesFor(io.maxIndirectSegments) * PAGE_SIZE);
+    }
+    this.pool = io.persistent
+      ? new PersistentGrantPool(this.deps.sharer, this.deps.backendDomid, Math.max(io.maxPoolPages, perRequest))
+      : null;
+  }
+
+  /**
+   * `trySubmit(op, wireOp, start, count)` puts one request for [start, start+count) of `op` on
+   * the ring (not yet published: see `push`) and is true; false when no slot or no grant is free
+   * now. A write's data is copied into the granted pages here.
+   */
+  trySubmit(op: IoOp, wireOp: number, start: number, count: number): boolean {
+    const io = this.io;
+    if (io === null || this.dead || this.freeCount === 0) return false;
+    const isData = wireOp === BLKIF_OP_READ || wireOp === BLKIF_OP_WRITE;
+    const nData = isData ? segmentsFor(start, count) : 0;
+    const indirect = isData && usesIndirect(nData, io.maxIndirectSegments);
+    const nIndirect = indirect ? indirectPagesFor(nData) : 0;
+    const id = this.freeIds[this.freeCount - 1]!;
+    const slot = this.slots[id]!;
+    if (!this.takePages(slot, nData + nIndirect)) return false;
+    this.freeCount--;
+
+    const req = this.req;
+    req.handle = this.deps.handle & 0xffff;
+    slot.gen = (slot.gen + 1) >>> 0;
+    req.idLo = id;
+    req.idHi = slot.gen;
+    req.sectorNumber = start;
+    req.nrSegments = nData;
+    if (isData) {
+      const geo = this.geo;
+      for (let i = 0; i < nData; i++) {
+        segmentAt(start, count, i, geo);
+        req.segGref[i] = this.pageRef(slot, i);
+        req.segFirst[i] = geo.firstSect;
+        req.segLast[i] = geo.lastSect;
+        if (wireOp === BLKIF_OP_WRITE) {
+          op.data!.copyOut((start - op.sector) * BLKIF_SECTOR_SIZE + geo.byteOffset, this.pageBuffer(slot, i),
+            this.pageOffset(slot, i) + geo.firstSect * BLKIF_SECTOR_SIZE, geo.byteLength);
+        }
+      }
+    }
+    if (indirect) {
+      req.operation = BLKIF_OP_INDIRECT;
+      req.dataOp = wireOp;
+      req.nrIndirectPages = nIndirect;
+      const scratch = this.indirectScratch!;
+      encodeIndirectSegments(scratch.subarray(0, nIndirect * PAGE_SIZE), req);
+      for (let k = 0; k < nIndirect; k++) {
+        const p = nData + k;
+        req.indirectGrefs[k] = this.pageRef(slot, p);
+        this.pageBuffer(slot, p).set(scratch.subarray(k * PAGE_SIZE, (k + 1) * PAGE_SIZE), this.pageOffset(slot, p));
+      }
+    } else {
+      req.operation = wireOp;
+      req.dataOp = wireOp;
+      req.nrIndirectPages = 0;
+    }
+    if (wireOp === BLKIF_OP_DISCARD) {
+      req.nrSectors = count;
+      req.discardFlag = op.discardFlag;
+      req.nrSegments = 0;
+    }
+    encodeRequest(this.deps.abi, this.front.sring.bytes, nextRequestOffset(this.front), req);
+
+    slot.state = WAITING;
+    slot.op = op;
+    slot.wireOp = wireOp;
+    slot.start = start;
+    slot.count = count;
+    slot.nData = nData;
+    slot.nIndirect = nIndirect;
+    this.busy++;
+    this.requestsSent++;
+    this.unpushed = true;
+    return true;
+  }
+
+  /**
+   * `push()` publishes the queued requests and notifies the backend when it asked to be
+   * (flush_requests), once per event-loop turn: operations submitted one by one in the same
+   * turn (each completion's continuation sends the next) share one req_prod update and at most
+   * one event (ring.h RING_PUSH_REQUESTS_AND_CHECK_NOTIFY over the batch).
+   */
+  push(): void {
+    if (!this.unpushed || this.dead || this.pushScheduled) return;
+    this.pushScheduled = true;
+    setImmediate(this.pushLater);
+  }
+
+  private publish(): void {
+    if (!this.unpushed || this.dead) return;
+    this.unpushed = false;
+    if (pushRequestsAndCheckNotify(this.front)) this.channel.notify();
+  }
+
+  private takePages(slot: Slot, n: number): boolean {
+    slot.shared = null;
+    if (n === 0) return true;
+    try {
+      if (this.pool !== null) return this.pool.take(n, slot.handles, 0);
+      slot.shared = this.deps.sharer.share(this.deps.backendDomid, n, true);
+      return true;
+    } catch (e) {
+      // Out of grant entries or memory: wait for completions to return some, unless nothing
+      // is outstanding, in which case waiting would never end.
+      if (this.busy > 0) return false;
+      throw new BlkfrontError('EIO', `cannot grant ${n} pages to domain ${this.deps.backendDomid}: ${(e as Error).message}`, 'grant', n, { cause: e });
+    }
+  }
+
+  private pageRef(slot: Slot, i: number): number {
+    return slot.shared !== null ? slot.shared.refs[i]! : this.pool!.ref(slot.handles[i]!);
+  }
+
+  private pageBuffer(slot: Slot, i: number): Buffer {
+    return slot.shared !== null ? slot.shared.buffer : this.pool!.buffer(slot.handles[i]!);
+  }
+
+  private pageOffset(slot: Slot, i: number): number {
+    return slot.shared !== null ? i * PAGE_SIZE : this.pool!.offset(slot.handles[i]!);
+  }
+
+  private releasePages(slot: Slot): void {
+    const n = slot.nData + slot.nIndirect;
+    if (slot.shared !== null) {
+      this.deps.reaper.release(slot.shared);
+      slot.shared = null;
+    } else if (n > 0 && this.pool !== null) {
+      this.pool.give(slot.handles, 0, n);
+    }
+  }
+
+  private freeSlot(id: number, slot: Slot): void {
+    slot.state = FREE;
+    slot.op = null;
+    slot.nData = 0;
+    slot.nIndirect = 0;
+    this.freeIds[this.freeCount++] = id;
+    this.busy--;
+  }
+
+  private fail(field: string, value: number, message: string): void {
+    this.dead = true;
+    this.deps.owner.protocolError(new BlkfrontError('EPROTO', `queue ${this.index}: ${message}`, field, value));
+  }
+
+  private onEvent(): void {
+    if (this.dead) return;
+    if (this.processResponses()) this.deps.owner.kick();
+  }
+
+  /** `processResponses()` consumes every published response (blkif_interrupt); is whether any was. */
+  processResponses(): boolean {
+    const front = this.front;
+    const sring = front.sring;
+    const rsp = this.rsp;
+    let any = false;
+    for (;;) {
+      const rp = rspProd(sring);
+      // RING_RESPONSE_PROD_OVERFLOW: more responses than requests could be outstanding.
+      if (responseProdOverflow(front, rp)) {
+        this.fail('rsp_prod', rp, `rsp_prod ${rp} is more than ${this.size} past rsp_cons ${front.rspCons}`);
+        return any;
+      }
+      for (let i = front.rspCons; i !== rp; i = (i + 1) >>> 0) {
+        // Copy the response out of shared memory once, then validate the copy (XSA-155).
+        decodeResponse(this.deps.abi, sring.bytes, entryOffset(sring, i), rsp);
+        const id = rsp.idLo;
+        if (id >= this.size) {
+          front.rspCons = i;
+          this.fail('id', id, `response id ${id}:${rsp.idHi} names no request (ring has ${this.size} entries)`);
+          return any;
+        }
+        const slot = this.slots[id]!;
+        if (slot.state !== WAITING || slot.gen !== rsp.idHi) {
+          front.rspCons = i;
+          this.fail('id', id, `response id ${id}:${rsp.idHi} references no pending request (duplicate or stale)`);
+          return any;
+        }
+        if (rsp.operation !== slot.wireOp) {
+          front.rspCons = i;
+          this.fail('operation', rsp.operation, `response to request ${id} has operation ${rsp.operation}, expected ${slot.wireOp}`);
+          return any;
+        }
+        this.complete(id, slot, rsp.status);
+        any = true;
+        this.responsesSeen++;
+      }
+      front.rspCons = rp;
+      if (!finalCheckForResponses(front)) break;
+    }
+    return any;
+  }
+
+  private complete(id: number, slot: Slot, status: number): void {
+    const op = slot.op!;
+    const { wireOp, start, count } = slot;
+    if (status === 0 && wireOp === BLKIF_OP_READ && !op.detached) {
+      const geo = this.geo;
+      for (let i = 0; i < slot.nData; i++) {
+        segmentAt(start, count, i, geo);
+        op.data!.copyIn((start - op.sector) * BLKIF_SECTOR_SIZE + geo.byteOffset, this.pageBuffer(slot, i),
+          this.pageOffset(slot, i) + geo.firstSect * BLKIF_SECTOR_SIZE, geo.byteLength);
+      }
+    }
+    this.releasePages(slot);
+    this.freeSlot(id, slot);
+    this.deps.owner.requestDone(op, wireOp, start, count, status);
+  }
+
+  /**
+   * `suspend(requeue)` tears the ring down for a reconnect (blkif_free with suspend): every
+   * unanswered request is handed to `requeue` to be sent again, grants are revoked (deferred
+   * while the backend still maps them) and the channel is closed.
+   */
+  suspend(requeue: (op: IoOp, start: number, count: number) => void): void {
+    this.dead = true;
+    for (let id = 0; id < this.size; id++) {
+      const slot = this.slots[id]!;
+      if (slot.state !== WAITING) continue;
+      const op = slot.op!;
+      const { start, count } = slot;
+      this.releasePages(slot);
+      this.freeSlot(id, slot);
+      requeue(op, start, count);
+    }
+    this.teardown();
+  }
+
+  /** `close()` releases everything; unanswered requests are dropped (their ops are failed by the owner). */
+  close(): void {
+    this.dead = true;
+    for (let id = 0; id < this.size; id++) {
+      const slot = this.slots[id]!;
+      if (slot.state !== WAITING) continue;
+      this.releasePages(slot);
+      this.freeSlot(id, slot);
+    }
+    this.teardown();
+  }
+
+  private teardown(): void {
+    this.pool?.release(this.deps.reaper);
+    this.pool = null;
+    try {
+      this.channel.close();
+    } finally {
+      this.deps.reaper.release(this.ringPages);
+    }
+  }
+
+  /** `pendingOps()` lists the ops with a request on this ring. */
+  pendingOps(): IoOp[] {
+    const out: IoOp[] = [];
+    for (const s of this.slots) if (s.state === WAITING && s.op !== null) out.push(s.op);
+    return out;
+  }
+}
+
+/** `wireOpName(op)` is a blkif operation's name for messages. */
+export function wireOpName(op: number): string {
+  switch (op) {
+    case BLKIF_OP_READ: return 'read';
+    case BLKIF_OP_WRITE: return 'write';
+    case BLKIF_OP_WRITE_BARRIER: return 'barrier';
+    case BLKIF_OP_FLUSH_DISKCACHE: return 'flush';
+    case BLKIF_OP_DISCARD: return 'discard';
+    default: return `op ${op}`;
+  }
+}

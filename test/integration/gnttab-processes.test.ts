@@ -1,0 +1,96 @@
+// Simulated grant mapping between processes under repetition and sharing: thousands of
+// map/unmap cycles keep their content right and leak nothing (no mapping, no pin); two processes
+// of one domain can map the same grant at once and end of access waits for both; an unmap
+// notification set by a live process fires at its unmap (clear byte, then the event), as
+// gntdev's SET_UNMAP_NOTIFY does.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { readStatus, startSim, type SimHandle } from '../../lib/sim/start.ts';
+import { SimChild } from './sim-driver.ts';
+
+async function env(t: { after: (fn: () => Promise<void> | void) => void }): Promise<{ dir: string; sim: SimHandle; child(): SimChild }> {
+  const dir = fs.mkdtempSync(path.join(fs.existsSync('/dev/shm') ? '/dev/shm' : os.tmpdir(), 'xenblk-gnttab-'));
+  const sim = await startSim({ dir });
+  const children: SimChild[] = [];
+  t.after(async () => {
+    for (const c of children) await c.kill('SIGKILL');
+    await sim.stop();
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+  return { dir, sim, child: () => { const c = SimChild.spawn(); children.push(c); return c; } };
+}
+
+async function until(f: () => Promise<boolean>, what: string): Promise<void> {
+  for (let i = 0; ; i++) {
+    if (await f()) return;
+    if (i > 3000) throw new Error(`never happened: ${what}`);
+    await new Promise((r) => setTimeout(r, 10));
+  }
+}
+
+test('2,000 map/unmap cycles of 11 grants: right content every time, nothing leaks', { timeout: 120_000 }, async (t) => {
+  const e = await env(t);
+  const front = e.child();
+  const back = e.child();
+  await front.call('attach', { dir: e.dir, domid: 1 });
+  const b = await back.call<{ pid: number }>('attach', { dir: e.dir, domid: 0 });
+  const pages = await front.call<{ obj: number; refs: number[] }>('share', { domid: 0, count: 11, writable: false });
+  // Word 0 of each page holds its own ref.
+  for (let p = 0; p < 11; p++) {
+    const le = Buffer.alloc(4);
+    le.writeUInt32LE(pages.refs[p]!);
+    await front.call('write', { obj: pages.obj, offset: p * 4096, text: le.toString('latin1') });
+  }
+  const first = await back.call<{ vmas: number }>('mapCycles', { domid: 1, refs: pages.refs, n: 100 });
+  const r = await back.call<{ vmas: number }>('mapCycles', { domid: 1, refs: [...pages.refs].reverse(), n: 1900 });
+  assert.ok(r.vmas <= first.vmas + 64, `VMAs stay bounded (${first.vmas} -> ${r.vmas})`);
+  const maps = fs.readFileSync(`/proc/${b.pid}/maps`, 'utf8').split('\n').filter((l) => l.includes(`${e.dir}/mem-1.`));
+  assert.deepEqual(maps, [], 'no mapping of the frontend left');
+  assert.equal(readStatus(e.dir).domains.find((d) => d.domid === 1)!.grantsMapped, 0, 'no pin left');
+  await front.call('endAccess', { obj: pages.obj });
+});
+
+test('two processes of one domain map the same grant; end of access waits for both', { timeout: 60_000 }, async (t) => {
+  const e = await env(t);
+  const front = e.child();
+  const back1 = e.child();
+  const back2 = e.child();
+  await front.call('attach', { dir: e.dir, domid: 2 });
+  await back1.call('attach', { dir: e.dir, domid: 0 });
+  await back2.call('attach', { dir: e.dir, domid: 0 });
+  const pages = await front.call<{ obj: number; refs: number[] }>('share', { domid: 0, count: 1, writable: true });
+  const m1 = await back1.call<{ obj: number }>('map', { domid: 2, refs: pages.refs, writable: true });
+  const m2 = await back2.call<{ obj: number }>('map', { domid: 2, refs: pages.refs, writable: false });
+  await back1.call('write', { obj: m1.obj, text: 'one writer' });
+  assert.equal((await back2.call<{ text: string }>('read', { obj: m2.obj, length: 10 })).text, 'one writer');
+  assert.equal((await front.failure('endAccess', { obj: pages.obj })).code, 'EBUSY');
+  await back1.call('unmap', { obj: m1.obj });
+  assert.equal((await front.failure('endAccess', { obj: pages.obj })).code, 'EBUSY', 'still mapped read-only by the other');
+  await back2.call('unmap', { obj: m2.obj });
+  await front.call('endAccess', { obj: pages.obj });
+});
+
+test('unmap notification on a live unmap: the byte is cleared, then the event arrives', { timeout: 60_000 }, async (t) => {
+  const e = await env(t);
+  const front = e.child();
+  const back = e.child();
+  await front.call('attach', { dir: e.dir, domid: 6 });
+  await back.call('attach', { dir: e.dir, domid: 0 });
+  const pages = await front.call<{ obj: number; refs: number[] }>('share', { domid: 0, count: 1, writable: true });
+  await front.call('write', { obj: pages.obj, offset: 9, text: 'Y' });
+  const port = (await front.call<{ port: number }>('allocUnbound', { domid: 0 })).port;
+  const bport = (await back.call<{ port: number }>('bind', { domid: 6, port })).port;
+  const m = await back.call<{ obj: number }>('map', { domid: 6, refs: pages.refs, writable: true });
+  let err = await back.failure('setUnmapNotify', { obj: m.obj, clearByte: 4096 });
+  assert.deepEqual([err.name, err.code], ['GnttabError', 'EINVAL']);
+  await back.call('setUnmapNotify', { obj: m.obj, clearByte: 9, port: bport });
+  const before = (await front.call<{ events: number }>('events', { port })).events;
+  await back.call('unmap', { obj: m.obj });
+  await until(async () => (await front.call<{ events: number }>('events', { port })).events > before, 'unmap event');
+  assert.equal((await front.call<{ text: string }>('read', { obj: pages.obj, offset: 9, length: 1 })).text, '\0');
+  err = await back.failure('unmap', { obj: m.obj });
+  assert.deepEqual([err.name, err.code], ['GnttabError', 'EINVAL']);
+});

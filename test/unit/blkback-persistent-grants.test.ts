@@ -1,0 +1,51 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { createMemoryPlatform } from '../support/memory-host.ts';
+import { PersistentGrantCache } from '../../lib/blkback/persistent-grants.ts';
+import { VbdStats, percentile } from '../../lib/blkback/stats.ts';
+
+test('persistent grant cache: LRU eviction skips grants in use, clear unmaps everything', () => {
+  const plat = createMemoryPlatform({ ramPages: 64 });
+  const pages = Array.from({ length: 5 }, () => plat.sharer(2).share(0, 1, true));
+  const mapper = plat.mapper(0);
+  const cache = new PersistentGrantCache(mapper, 3);
+  const ref = (i: number): number => pages[i]!.refs[0]!;
+  const g0 = cache.insert(ref(0), mapper.map(2, [ref(0)], true))!;
+  const g1 = cache.insert(ref(1), mapper.map(2, [ref(1)], true))!;
+  cache.insert(ref(2), mapper.map(2, [ref(2)], true));
+  cache.release(g1);
+  cache.release(cache.acquire(ref(2))!); // ref(2) used: g1 is now least recently used among idle ones
+  cache.release(cache.acquire(ref(2))!);
+  // g0 is still in use: inserting evicts the LRU idle grant, ref(1).
+  const m3 = mapper.map(2, [ref(3)], true);
+  assert.ok(cache.insert(ref(3), m3));
+  assert.equal(cache.acquire(ref(1)), undefined, 'ref(1) was evicted');
+  assert.equal(cache.acquire(ref(0)), g0, 'the grant in use survived');
+  assert.equal(cache.evictions, 1);
+  assert.equal(plat.usage(0).mappings, 3);
+  // Everything in use: a new grant is not cached, and stays the caller's.
+  cache.acquire(ref(3));
+  cache.acquire(ref(2));
+  const m4 = mapper.map(2, [ref(4)], true);
+  assert.equal(cache.insert(ref(4), m4), undefined);
+  mapper.unmap(m4);
+  cache.clear();
+  assert.equal(cache.size, 0);
+  assert.equal(plat.usage(0).mappings, 0);
+  for (const p of pages) plat.sharer(2).endAccess(p);
+});
+
+test('stats: latency histogram buckets are powers of two microseconds; percentiles are bucket bounds', () => {
+  const s = new VbdStats();
+  for (let i = 0; i < 98; i++) s.recordLatency(0.1); // 100 us -> bucket 6 [64, 128)
+  s.recordLatency(5); // 5000 us -> bucket 12 [4096, 8192)
+  s.recordLatency(0.0001); // < 1 us -> bucket 0
+  const snap = s.snapshot();
+  assert.equal(snap.latency_us[6], 98);
+  assert.equal(snap.latency_us[12], 1);
+  assert.equal(snap.latency_us[0], 1);
+  assert.equal(snap.p50_us, 128);
+  assert.equal(snap.p99_us, 128);
+  assert.equal(percentile(snap.latency_us, 1), 8192);
+  assert.equal(percentile([0, 0], 0.5), 0);
+});

@@ -1,0 +1,451 @@
+// The blkback data path on the in-process memory platform: a minimal frontend written here
+// from blkif.h and ring.h (shares pages, encodes requests with the protocol codecs, reads
+// responses) drives one RingService over a RAM disk or a gated disk whose completions the
+// test controls.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { createMemoryPlatform } from '../support/memory-host.ts';
+import type { MemoryPlatform } from '../support/memory-host.ts';
+import type { SharedPages } from '../../gnttab/gnttab.ts';
+import type { EventChannel } from '../../evtchn/evtchn.ts';
+import type { BlkifAbi, BlkifRequest } from '../../protocol/blkif.ts';
+import {
+  BLKIF_DISCARD_SECURE, BLKIF_OP_DISCARD, BLKIF_OP_FLUSH_DISKCACHE, BLKIF_OP_INDIRECT, BLKIF_OP_READ,
+  BLKIF_OP_RESERVED_1, BLKIF_OP_WRITE, BLKIF_OP_WRITE_BARRIER, BLKIF_RSP_EOPNOTSUPP, BLKIF_RSP_ERROR,
+  BLKIF_RSP_OKAY, decodeResponse, encodeIndirectSegments, encodeRequest, newBlkifRequest, newBlkifResponse,
+  ringEntrySize,
+} from '../../protocol/blkif.ts';
+import type { FrontRing } from '../../protocol/ring.ts';
+import {
+  entryOffset, finalCheckForResponses, frontRingInit, nextRequestOffset, pushRequestsAndCheckNotify,
+  sringInit, unconsumedResponses,
+} from '../../protocol/ring.ts';
+import type { BlockBackend } from '../../lib/backends/block-backend.ts';
+import { createRamDisk } from '../../lib/backends/ram.ts';
+import type { RamDisk } from '../../lib/backends/ram.ts';
+import { RingService, RingServiceError } from '../../lib/blkback/ring-service.ts';
+import type { VbdGeometry } from '../../lib/blkback/ring-service.ts';
+import { VbdStats } from '../../lib/blkback/stats.ts';
+
+const FE = 7;
+const BE = 0;
+
+interface Seg { page: SharedPages; first: number; last: number }
+interface Rsp { status: number; operation: number }
+
+interface Pair {
+  plat: MemoryPlatform;
+  svc: RingService;
+  stats: VbdStats;
+  front: FrontRing;
+  port: EventChannel;
+  abi: BlkifAbi;
+  /** Pages granted by the frontend (writable unless asked otherwise). */
+  page(fill?: number, writable?: boolean): SharedPages;
+  /** Queues a request (fields over a fresh request); `push` publishes and notifies. */
+  queue(fields: Partial<BlkifRequest> & { segs?: Seg[]; indirect?: SharedPages }): Promise<Rsp>;
+  push(): void;
+  submit(fields: Partial<BlkifRequest> & { segs?: Seg[]; indirect?: SharedPages }): Promise<Rsp>;
+  order: number[];
+}
+
+function pair(opts: {
+  abi?: BlkifAbi; order?: number; backing?: BlockBackend; vbd?: Partial<VbdGeometry>;
+  persistent?: boolean; maxPersistentGrants?: number; maxIndirect?: number; maxInFlight?: number;
+  onHalt?: (e: RingServiceError) => void;
+} = {}): Pair {
+  const abi = opts.abi ?? 'x86_64';
+  const plat = createMemoryPlatform({ ramPages: 2048 });
+  const sharer = plat.sharer(FE);
+  const ringPages = sharer.share(BE, 1 << (opts.order ?? 0), true);
+  const sring = sringInit(new Uint8Array(ringPages.buffer.buffer, ringPages.buffer.byteOffset, ringPages.buffer.byteLength), ringEntrySize(abi));
+  const front = frontRingInit(sring);
+  const port = plat.evtchn(FE).allocUnbound(BE);
+  const mapper = plat.mapper(BE);
+  const ring = mapper.map(FE, ringPages.refs, true);
+  const channel = plat.evtchn(BE).bindInterdomain(FE, port.localPort);
+  const backing = opts.backing ?? createRamDisk({ size: 1 << 20 });
+  const vbd: VbdGeometry = {
+    sectors: 2048, sectorSize: backing.sectorSize, readonly: backing.readonly, flush: backing.capabilities.flush,
+    discard: backing.capabilities.discard, discardSecure: backing.capabilities.discardSecure, ...opts.vbd,
+  };
+  const stats = new VbdStats();
+  const svc = new RingService({
+    abi, ring, channel, mapper, frontendDomid: FE, backing, vbd, stats,
+    persistent: opts.persistent ?? false, maxPersistentGrants: opts.maxPersistentGrants,
+    maxIndirectSegments: opts.maxIndirect ?? 256, maxInFlight: opts.maxInFlight, onHalt: opts.onHalt,
+  });
+  svc.start();
+
+  let nextId = 1;
+  const waiting = new Map<number, (r: Rsp) => void>();
+  const order: number[] = [];
+  const rsp = newBlkifResponse();
+  port.onEvent(() => {
+    do {
+      while (unconsumedResponses(front) > 0) {
+        decodeResponse(abi, sring.bytes, entryOffset(sring, front.rspCons), rsp);
+        front.rspCons = (front.rspCons + 1) >>> 0;
+        const w = waiting.get(rsp.idLo);
+        assert.ok(w !== undefined, `response for unknown id ${rsp.idLo}`);
+        waiting.delete(rsp.idLo);
+        order.push(rsp.idLo);
+        w({ status: rsp.status, operation: rsp.operation });
+      }
+    } while (finalCheckForResponses(front));
+  });
+
+  const p: Pair = {
+    plat, svc, stats, front, port, abi, order,
+    page(fill = 0, writable = true) {
+      const pg = sharer.share(BE, 1, writable);
+      pg.buffer.fill(fill);
+      return pg;
+    },
+    queue(fields) {
+      const req = newBlkifRequest();
+      const id = nextId++;
+      req.idLo = id;
+      req.idHi = 0xdead;
+      req.operation = fields.operation ?? BLKIF_OP_READ;
+      req.dataOp = fields.dataOp ?? req.operation;
+      req.sectorNumber = fields.sectorNumber ?? 0;
+      req.nrSectors = fields.nrSectors ?? 0;
+      req.discardFlag = fields.discardFlag ?? 0;
+      const segs = fields.segs ?? [];
+      req.nrSegments = fields.nrSegments ?? segs.length;
+      segs.forEach((s, i) => { req.segGref[i] = s.page.refs[0]!; req.segFirst[i] = s.first; req.segLast[i] = s.last; });
+      if (req.operation === BLKIF_OP_INDIRECT) {
+        const ind = fields.indirect ?? sharer.share(BE, Math.ceil(segs.length / 512), false);
+        encodeIndirectSegments(ind.buffer, req);
+        req.nrIndirectPages = ind.refs.length;
+        ind.refs.forEach((r, i) => { req.indirectGrefs[i] = r; });
+      }
+      encodeRequest(abi, sring.bytes, nextRequestOffset(front), req);
+      return new Promise<Rsp>((resolve) => waiting.set(id, resolve));
+    },
+    push() {
+      if (pushRequestsAndCheckNotify(front)) port.notify();
+    },
+    submit(fields) {
+      const r = p.queue(fields);
+      p.push();
+      return r;
+    },
+  };
+  return p;
+}
+
+function fullSegs(pages: SharedPages[]): Seg[] {
+  return pages.map((page) => ({ page, first: 0, last: 7 }));
+}
+
+async function closeAndCheckClean(p: Pair): Promise<void> {
+  await p.svc.close();
+  const u = p.plat.usage(BE);
+  assert.equal(u.mappings, 0, 'every grant mapping released');
+  assert.equal(u.ports, 0, 'the event channel unbound');
+  assert.equal(p.stats.inFlight, 0);
+  assert.equal(p.stats.persistentGrants, 0);
+}
+
+/** A disk whose reads and writes complete only when the test says so, logging every call. */
+function gatedDisk(inner: RamDisk): BlockBackend & { log: string[]; inFlight: number; maxInFlight: number; release(n?: number): void } {
+  const gates: (() => void)[] = [];
+  const d = {
+    ...inner,
+    description: 'gated',
+    sectorSize: inner.sectorSize,
+    physicalSectorSize: inner.physicalSectorSize,
+    readonly: inner.readonly,
+    capabilities: { ...inner.capabilities, flush: true },
+    log: [] as string[],
+    inFlight: 0,
+    maxInFlight: 0,
+    size: () => inner.size(),
+    async gate(tag: string) {
+      d.log.push(`start ${tag}`);
+      d.inFlight++;
+      d.maxInFlight = Math.max(d.maxInFlight, d.inFlight);
+      await new Promise<void>((r) => gates.push(r));
+      d.inFlight--;
+      d.log.push(`end ${tag}`);
+    },
+    async read(offset: number, bufs: readonly Uint8Array[]) { await d.gate(`read ${offset / 512}`); await inner.read(offset, bufs); },
+    async write(offset: number, bufs: readonly Uint8Array[]) { await d.gate(`write ${offset / 512}`); await inner.write(offset, bufs); },
+    async flush() { await d.gate('flush'); },
+    release(n = 1) { for (let i = 0; i < n; i++) gates.shift()?.(); },
+  };
+  return d;
+}
+
+const tick = (): Promise<void> => new Promise((r) => setImmediate(r));
+async function until(cond: () => boolean, what: string): Promise<void> {
+  for (let i = 0; i < 1000; i++) {
+    if (cond()) return;
+    await tick();
+  }
+  assert.fail(`never happened: ${what}`);
+}
+
+for (const abi of ['x86_64', 'x86_32'] as const) {
+  test(`${abi}: multi-segment writes with partial sectors land on the disk and read back`, async () => {
+    const disk = createRamDisk({ size: 1 << 20 });
+    const p = pair({ abi, backing: disk });
+    const pages = [p.page(0x11, false), p.page(0x22, false), p.page(0x33, false)];
+    pages[0]!.buffer.fill(0x44, 3 * 512, 8 * 512);
+    const segs = [{ page: pages[0]!, first: 3, last: 7 }, { page: pages[1]!, first: 0, last: 7 }, { page: pages[2]!, first: 0, last: 1 }];
+    const w = await p.submit({ operation: BLKIF_OP_WRITE, sectorNumber: 100, segs });
+    assert.deepEqual(w, { status: BLKIF_RSP_OKAY, operation: BLKIF_OP_WRITE });
+    const expected = Buffer.concat([Buffer.alloc(5 * 512, 0x44), Buffer.alloc(8 * 512, 0x22), Buffer.alloc(2 * 512, 0x33)]);
+    assert.deepEqual(disk.data.subarray(100 * 512, 115 * 512), expected);
+
+    const into = [p.page(0), p.page(0)];
+    const r = await p.submit({ operation: BLKIF_OP_READ, sectorNumber: 100, segs: [{ page: into[0]!, first: 0, last: 7 }, { page: into[1]!, first: 1, last: 7 }] });
+    assert.deepEqual(r, { status: BLKIF_RSP_OKAY, operation: BLKIF_OP_READ });
+    assert.deepEqual(into[0]!.buffer, expected.subarray(0, 4096));
+    assert.deepEqual(into[1]!.buffer.subarray(512), expected.subarray(4096, 4096 + 7 * 512));
+    assert.equal(into[1]!.buffer.subarray(0, 512).every((x) => x === 0), true, 'sector 0 of the page was not part of the read');
+    assert.equal(p.stats.wrReq, 1);
+    assert.equal(p.stats.rdReq, 1);
+    assert.equal(p.stats.wrSect, 15);
+    assert.equal(p.stats.rdSect, 15);
+    await closeAndCheckClean(p);
+  });
+}
+
+for (const persistent of [false, true]) {
+  test(`indirect requests of 40 segments, persistent grants ${persistent ? 'on' : 'off'}`, async () => {
+    const disk = createRamDisk({ size: 1 << 20 });
+    const p = pair({ backing: disk, persistent, order: 1 });
+    const src = Array.from({ length: 40 }, (_, i) => p.page(i + 1, false));
+    const w = await p.submit({ operation: BLKIF_OP_INDIRECT, dataOp: BLKIF_OP_WRITE, sectorNumber: 8, segs: fullSegs(src) });
+    assert.deepEqual(w, { status: BLKIF_RSP_OKAY, operation: BLKIF_OP_WRITE }, 'INDIRECT is answered with indirect_op, as Linux does');
+    for (let i = 0; i < 40; i++) assert.equal(disk.data[(8 + i * 8) * 512], i + 1);
+    const dst = Array.from({ length: 40 }, () => p.page(0));
+    const r = await p.submit({ operation: BLKIF_OP_INDIRECT, dataOp: BLKIF_OP_READ, sectorNumber: 8, segs: fullSegs(dst) });
+    assert.equal(r.status, BLKIF_RSP_OKAY);
+    dst.forEach((pg, i) => assert.equal(pg.buffer.every((x) => x === i + 1), true, `page ${i}`));
+    // Read the same pages again: with persistent grants they are found in the cache.
+    await p.submit({ operation: BLKIF_OP_INDIRECT, dataOp: BLKIF_OP_READ, sectorNumber: 8, segs: fullSegs(dst) });
+    assert.equal(p.svc.persistentGrants, persistent ? 80 : 0);
+    assert.equal(p.stats.persistentGrants, persistent ? 80 : 0);
+    await closeAndCheckClean(p);
+  });
+}
+
+test('an indirect request spanning two indirect pages (600 segments, x86_32) is served', async () => {
+  const disk = createRamDisk({ size: 4 << 20 });
+  const p = pair({ abi: 'x86_32', backing: disk, maxIndirect: 4096, vbd: { sectors: 8192 } });
+  const src = Array.from({ length: 600 }, (_, i) => p.page((i * 7) & 0xff, false));
+  const w = await p.submit({ operation: BLKIF_OP_INDIRECT, dataOp: BLKIF_OP_WRITE, sectorNumber: 16, segs: fullSegs(src) });
+  assert.deepEqual(w, { status: BLKIF_RSP_OKAY, operation: BLKIF_OP_WRITE });
+  for (let i = 0; i < 600; i++) assert.equal(disk.data[(16 + i * 8) * 512 + 100], (i * 7) & 0xff, `segment ${i}`);
+  assert.equal(p.stats.wrSect, 4800);
+  await closeAndCheckClean(p);
+});
+
+test('every malformed request is answered (ERROR / EOPNOTSUPP) and the ring keeps serving', async () => {
+  const disk = createRamDisk({ size: 1 << 20 });
+  const p = pair({ backing: disk, maxIndirect: 32 });
+  const good = p.page(5, false);
+  const other = p.plat.sharer(FE).share(99, 1, true); // granted to another domain
+  const cases: [string, Promise<Rsp>, number][] = [
+    ['past the end', p.queue({ operation: BLKIF_OP_WRITE, sectorNumber: 2047, segs: fullSegs([good]) }), BLKIF_RSP_ERROR],
+    ['sector 2^53', p.queue({ operation: BLKIF_OP_READ, sectorNumber: 2 ** 53, segs: fullSegs([p.page()]) }), BLKIF_RSP_ERROR],
+    ['reserved op', p.queue({ operation: BLKIF_OP_RESERVED_1 }), BLKIF_RSP_EOPNOTSUPP],
+    ['unknown op 99', p.queue({ operation: 99 }), BLKIF_RSP_EOPNOTSUPP],
+    ['read of 0 segments', p.queue({ operation: BLKIF_OP_READ, segs: [] }), BLKIF_RSP_ERROR],
+    ['12 direct segments', p.queue({ operation: BLKIF_OP_READ, nrSegments: 12, segs: fullSegs([p.page()]) }), BLKIF_RSP_ERROR],
+    ['last_sect 8', p.queue({ operation: BLKIF_OP_READ, segs: [{ page: p.page(), first: 0, last: 8 }] }), BLKIF_RSP_ERROR],
+    ['first > last', p.queue({ operation: BLKIF_OP_READ, segs: [{ page: p.page(), first: 5, last: 4 }] }), BLKIF_RSP_ERROR],
+    ['indirect over the advertised max', p.queue({ operation: BLKIF_OP_INDIRECT, dataOp: BLKIF_OP_READ, segs: fullSegs(Array.from({ length: 33 }, () => p.page())) }), BLKIF_RSP_ERROR],
+    ['indirect_op FLUSH', p.queue({ operation: BLKIF_OP_INDIRECT, dataOp: BLKIF_OP_FLUSH_DISKCACHE, segs: fullSegs([p.page()]) }), BLKIF_RSP_ERROR],
+    ['gref never granted', p.queue({ operation: BLKIF_OP_READ, segs: [{ page: { ...good, refs: [999_999] }, first: 0, last: 7 }] }), BLKIF_RSP_ERROR],
+    ['gref granted to another domain', p.queue({ operation: BLKIF_OP_READ, segs: fullSegs([other]) }), BLKIF_RSP_ERROR],
+    ['read into a read-only grant', p.queue({ operation: BLKIF_OP_READ, segs: fullSegs([good]) }), BLKIF_RSP_ERROR],
+    ['discard past the end', p.queue({ operation: BLKIF_OP_DISCARD, sectorNumber: 2000, nrSectors: 49 }), BLKIF_RSP_ERROR],
+    ['well formed write', p.queue({ operation: BLKIF_OP_WRITE, sectorNumber: 2040, segs: fullSegs([good]) }), BLKIF_RSP_OKAY],
+  ];
+  p.push();
+  for (const [what, rsp, status] of cases) assert.equal((await rsp).status, status, what);
+  assert.equal(disk.data[2040 * 512], 5);
+  assert.equal(disk.data[2039 * 512], 0, 'the rejected write past the end wrote nothing');
+  assert.equal(p.stats.errors, cases.length - 1);
+  await closeAndCheckClean(p);
+});
+
+test('read-only disk refuses writes, flushes and discards; 4096-byte sectors refuse misaligned I/O', async () => {
+  const ro = createRamDisk({ size: 1 << 20, readonly: true });
+  const p = pair({ backing: ro });
+  assert.equal((await p.submit({ operation: BLKIF_OP_WRITE, segs: fullSegs([p.page(1)]) })).status, BLKIF_RSP_ERROR);
+  assert.equal((await p.submit({ operation: BLKIF_OP_INDIRECT, dataOp: BLKIF_OP_WRITE, segs: fullSegs([p.page(1)]) })).status, BLKIF_RSP_ERROR);
+  assert.equal((await p.submit({ operation: BLKIF_OP_FLUSH_DISKCACHE })).status, BLKIF_RSP_ERROR);
+  assert.equal((await p.submit({ operation: BLKIF_OP_DISCARD, nrSectors: 8 })).status, BLKIF_RSP_ERROR);
+  assert.equal((await p.submit({ operation: BLKIF_OP_READ, segs: fullSegs([p.page(1)]) })).status, BLKIF_RSP_OKAY);
+  assert.equal(ro.data.every((x) => x === 0), true);
+  await closeAndCheckClean(p);
+
+  const big = createRamDisk({ size: 1 << 20, sectorSize: 4096 });
+  const q = pair({ backing: big });
+  assert.equal((await q.submit({ operation: BLKIF_OP_WRITE, sectorNumber: 4, segs: fullSegs([q.page(1)]) })).status, BLKIF_RSP_ERROR, 'start not on a 4 KiB sector');
+  assert.equal((await q.submit({ operation: BLKIF_OP_WRITE, sectorNumber: 8, segs: [{ page: q.page(1), first: 0, last: 3 }] })).status, BLKIF_RSP_ERROR, 'half a sector');
+  assert.equal((await q.submit({ operation: BLKIF_OP_DISCARD, sectorNumber: 8, nrSectors: 4 })).status, BLKIF_RSP_ERROR);
+  assert.equal((await q.submit({ operation: BLKIF_OP_WRITE, sectorNumber: 8, segs: fullSegs([q.page(1)]) })).status, BLKIF_RSP_OKAY);
+  assert.equal(big.data[4096], 1);
+  await closeAndCheckClean(q);
+});
+
+test('discard zeroes the range (secure too); unsupported discard is EOPNOTSUPP', async () => {
+  const disk = createRamDisk({ size: 1 << 20, contents: Buffer.alloc(1 << 20, 0xee) });
+  const p = pair({ backing: disk });
+  assert.equal((await p.submit({ operation: BLKIF_OP_DISCARD, sectorNumber: 10, nrSectors: 6 })).status, BLKIF_RSP_OKAY);
+  assert.equal((await p.submit({ operation: BLKIF_OP_DISCARD, sectorNumber: 100, nrSectors: 1, discardFlag: BLKIF_DISCARD_SECURE })).status, BLKIF_RSP_OKAY);
+  assert.equal(disk.data.subarray(10 * 512, 16 * 512).every((x) => x === 0), true);
+  assert.equal(disk.data.subarray(100 * 512, 101 * 512).every((x) => x === 0), true);
+  assert.equal(disk.data[16 * 512], 0xee);
+  assert.equal(disk.data[10 * 512 - 1], 0xee);
+  assert.equal(p.stats.dsReq, 2);
+  await closeAndCheckClean(p);
+  const q = pair({ vbd: { discard: false } });
+  const r = await q.submit({ operation: BLKIF_OP_DISCARD, sectorNumber: 0, nrSectors: 8 });
+  assert.deepEqual(r, { status: BLKIF_RSP_EOPNOTSUPP, operation: BLKIF_OP_DISCARD });
+  await closeAndCheckClean(q);
+});
+
+test('a request that completes early is answered before an earlier slow one', async () => {
+  const inner = createRamDisk({ size: 1 << 20 });
+  const slow: (() => void)[] = [];
+  const disk: BlockBackend = {
+    ...inner, description: 'slow at sector 0', sectorSize: 512, physicalSectorSize: 512, readonly: false, capabilities: inner.capabilities,
+    size: () => inner.size(),
+    async read(off, bufs) {
+      if (off === 0) await new Promise<void>((r) => slow.push(r));
+      await inner.read(off, bufs);
+    },
+    write: (off, bufs) => inner.write(off, bufs), flush: () => inner.flush(), discard: (o, l, x) => inner.discard(o, l, x), close: () => inner.close(),
+  };
+  const p = pair({ backing: disk });
+  const first = p.queue({ operation: BLKIF_OP_READ, sectorNumber: 0, segs: fullSegs([p.page()]) });
+  const second = p.queue({ operation: BLKIF_OP_READ, sectorNumber: 8, segs: fullSegs([p.page()]) });
+  p.push();
+  await second;
+  assert.deepEqual(p.order, [2], 'the fast request was answered while the slow one is in flight');
+  assert.equal(p.svc.inFlight, 1);
+  slow.shift()!();
+  await first;
+  assert.deepEqual(p.order, [2, 1]);
+  await closeAndCheckClean(p);
+});
+
+test('a barrier waits for earlier requests and later requests wait for the barrier', async () => {
+  const gated = gatedDisk(createRamDisk({ size: 1 << 20 }));
+  const p = pair({ backing: gated });
+  const w1 = p.queue({ operation: BLKIF_OP_WRITE, sectorNumber: 0, segs: fullSegs([p.page(1)]) });
+  const bar = p.queue({ operation: BLKIF_OP_WRITE_BARRIER, sectorNumber: 8, segs: fullSegs([p.page(2)]) });
+  const w2 = p.queue({ operation: BLKIF_OP_WRITE, sectorNumber: 16, segs: fullSegs([p.page(3)]) });
+  p.push();
+  await until(() => gated.log.length === 1, 'first write issued');
+  for (let i = 0; i < 20; i++) await tick();
+  assert.deepEqual(gated.log, ['start write 0'], 'nothing else issued while the write before the barrier is in flight');
+  gated.release(); // write 0
+  await until(() => gated.log.includes('start flush'), 'barrier flush issued');
+  gated.release(); // pre-flush
+  await until(() => gated.log.includes('start write 8'), 'barrier data');
+  gated.release(); // barrier write
+  await until(() => gated.log.filter((x) => x === 'start flush').length === 2, 'post-flush');
+  assert.equal(gated.log.includes('start write 16'), false, 'the write after the barrier waits');
+  gated.release(); // post-flush
+  await until(() => gated.log.includes('start write 16'), 'write after the barrier issued');
+  gated.release();
+  assert.deepEqual(await Promise.all([w1, bar, w2]).then((r) => r.map((x) => x.status)), [0, 0, 0]);
+  assert.deepEqual(gated.log, [
+    'start write 0', 'end write 0', 'start flush', 'end flush', 'start write 8', 'end write 8',
+    'start flush', 'end flush', 'start write 16', 'end write 16',
+  ]);
+  assert.equal(p.stats.fReq, 1);
+  await closeAndCheckClean(p);
+});
+
+test('in flight is bounded: excess requests wait (oo_req) and are all served', async () => {
+  const gated = gatedDisk(createRamDisk({ size: 1 << 20 }));
+  const p = pair({ backing: gated, maxInFlight: 2 });
+  const rs = Array.from({ length: 6 }, (_, i) => p.queue({ operation: BLKIF_OP_WRITE, sectorNumber: i * 8, segs: fullSegs([p.page(i)]) }));
+  p.push();
+  await until(() => gated.inFlight === 2, 'two issued');
+  for (let i = 0; i < 20; i++) await tick();
+  assert.equal(gated.inFlight, 2);
+  for (let i = 0; i < 6; i++) {
+    await until(() => gated.inFlight > 0, 'next issued');
+    gated.release();
+    await tick();
+  }
+  const all = await Promise.all(rs);
+  assert.deepEqual(all.map((r) => r.status), [0, 0, 0, 0, 0, 0]);
+  assert.equal(gated.maxInFlight, 2);
+  assert.ok(p.stats.ooReq >= 1);
+  await closeAndCheckClean(p);
+});
+
+test('a frontend that overruns the ring halts that ring without a crash', async () => {
+  let halted: RingServiceError | undefined;
+  const p = pair({ onHalt: (e) => { halted = e; } });
+  // req_prod published 33 ahead on a 32-entry ring.
+  Atomics.store(p.front.sring.idx, 0, 33);
+  p.port.notify();
+  await until(() => halted !== undefined, 'halt reported');
+  assert.equal(halted!.field, 'req_prod');
+  assert.equal(p.svc.isHalted, true);
+  assert.equal(p.order.length, 0);
+  await closeAndCheckClean(p);
+});
+
+test('persistent grants stay mapped, bounded by an LRU; all are released at close', async () => {
+  const disk = createRamDisk({ size: 1 << 20 });
+  const p = pair({ backing: disk, persistent: true, maxPersistentGrants: 4 });
+  const pages = Array.from({ length: 8 }, (_, i) => p.page(i));
+  for (let i = 0; i < 8; i++) {
+    assert.equal((await p.submit({ operation: BLKIF_OP_WRITE, sectorNumber: i * 8, segs: fullSegs([pages[i]!]) })).status, 0);
+    assert.ok(p.svc.persistentGrants <= 4);
+  }
+  assert.equal(p.svc.persistentGrants, 4);
+  assert.equal(p.plat.usage(BE).mappings, 4 + 1, 'four cached grants and the ring');
+  // A request with more distinct grants than the cache holds still works (the extra are one-off).
+  const many = Array.from({ length: 6 }, () => p.page());
+  assert.equal((await p.submit({ operation: BLKIF_OP_READ, sectorNumber: 0, segs: fullSegs(many) })).status, 0);
+  many.forEach((pg, i) => assert.equal(pg.buffer[0], i));
+  assert.equal(p.plat.usage(BE).mappings, 4 + 1);
+  await closeAndCheckClean(p);
+});
+
+test('a flush with data writes it between two flushes; without a cache a flush is a no-op that succeeds', async () => {
+  const gated = gatedDisk(createRamDisk({ size: 1 << 20 }));
+  const p = pair({ backing: gated });
+  const r = p.submit({ operation: BLKIF_OP_FLUSH_DISKCACHE, sectorNumber: 24, segs: fullSegs([p.page(9)]) });
+  for (let i = 1; i <= 3; i++) {
+    await until(() => gated.log.filter((x) => x.startsWith('start')).length === i, `step ${i} issued`);
+    gated.release();
+  }
+  assert.equal((await r).status, 0);
+  assert.deepEqual(gated.log.filter((x) => x.startsWith('start')), ['start flush', 'start write 24', 'start flush']);
+  await closeAndCheckClean(p);
+  const q = pair();
+  assert.deepEqual(await q.submit({ operation: BLKIF_OP_FLUSH_DISKCACHE }), { status: 0, operation: BLKIF_OP_FLUSH_DISKCACHE });
+  await closeAndCheckClean(q);
+});
+
+test('close() waits for requests in flight and answers them before unmapping', async () => {
+  const gated = gatedDisk(createRamDisk({ size: 1 << 20 }));
+  const p = pair({ backing: gated });
+  const r = p.submit({ operation: BLKIF_OP_WRITE, sectorNumber: 0, segs: fullSegs([p.page(4)]) });
+  await until(() => gated.inFlight === 1, 'issued');
+  let closed = false;
+  const c = p.svc.close().then(() => { closed = true; });
+  for (let i = 0; i < 10; i++) await tick();
+  assert.equal(closed, false, 'close waits for the write');
+  assert.ok(p.plat.usage(BE).mappings >= 1);
+  gated.release();
+  await c;
+  assert.equal((await r).status, 0);
+  await closeAndCheckClean(p);
+});

@@ -25,7 +25,7 @@ const USAGE = `usage: xenblk serve FILE --domid N --vdev NAME [options]
   --vdev NAME                virtual device: xvdb, d1p0, 51728, ...
   --readonly                 serve read-only (mode r)
   --sim DIR | --xen          host: the simulator in DIR (default: real Xen if /dev/xen exists, else the simulator)
-  --create BYTES             create FILE (sparse) with this size if it does not exist
+  --create SIZE              create FILE (sparse) of SIZE bytes (64M, 2G, ...) if it does not exist
   --sector-size 512|4096     logical sector size advertised (default 512)
   --direct auto|on|off       O_DIRECT policy (default auto)
   --queues N                 multi-queue-max-queues (default 4)
@@ -56,6 +56,17 @@ function int(name: string, v: string, min: number, max: number): number {
   return Number(v);
 }
 
+/** `bytes(name, v)` is a size given as BYTES or with a binary suffix (64M, 2G: as truncate(1) reads them). */
+function bytes(name: string, v: string): number {
+  const m = /^([0-9]+)([KMGT]?)(i?B)?$/i.exec(v);
+  const scale = m === null ? 0 : 1024 ** ' KMGT'.indexOf((m[2] || ' ').toUpperCase());
+  const n = m === null ? NaN : Number(m[1]) * scale;
+  if (!Number.isSafeInteger(n) || n < 512 || n % 512 !== 0) {
+    throw new Error(`${name} takes a size of at least 512 bytes in whole sectors (e.g. 67108864, 64M, 2G), got ${JSON.stringify(v)}`);
+  }
+  return n;
+}
+
 function parse(argv: string[]): Args | string {
   let file: string | undefined;
   let domid: number | undefined;
@@ -77,7 +88,7 @@ function parse(argv: string[]): Args | string {
       case '--readonly': a.readonly = true; break;
       case '--sim': a.sim = val(); break;
       case '--xen': a.xen = true; break;
-      case '--create': a.create = int(opt, val(), 512, Number.MAX_SAFE_INTEGER); break;
+      case '--create': a.create = bytes(opt, val()); break;
       case '--sector-size': {
         const v = val();
         if (v !== '512' && v !== '4096') return `--sector-size is 512 or 4096, got ${v}`;
@@ -128,7 +139,7 @@ export async function run(argv: string[]): Promise<number> {
   const params = a.file.startsWith('ram:') ? a.file : path.resolve(a.file);
   if (!params.startsWith('ram:') && !fs.existsSync(params)) {
     if (a.create === undefined) {
-      process.stderr.write(`xenblk serve: ${params} does not exist (use --create BYTES to make a sparse image)\n`);
+      process.stderr.write(`xenblk serve: ${params} does not exist (use --create SIZE to make a sparse image)\n`);
       return 1;
     }
     fs.writeFileSync(params, '');

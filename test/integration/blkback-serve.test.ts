@@ -32,6 +32,7 @@ import {
 } from '../../protocol/ring.ts';
 import { XenbusState, parseXenbusState } from '../../protocol/xenbus-state.ts';
 import { vbdPaths } from '../../lib/toolstack/vbd.ts';
+import { bundleCli, removeCliBundle } from '../support/cli-bundle.ts';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 const SELF = fileURLToPath(import.meta.url);
@@ -490,7 +491,7 @@ function xenblk(args: string[], env: NodeJS.ProcessEnv = process.env): { code: n
  * several times faster than through tsx). The bundle goes to the git-ignored test/.build so it
  * resolves koffi from the tree's node_modules.
  */
-const shared = { bundle: '', buildDir: '', sim: undefined as SimHandle | undefined };
+const shared = { bundle: '', sim: undefined as SimHandle | undefined };
 
 interface Setup {
   sim: SimHandle;
@@ -503,10 +504,7 @@ interface Setup {
 }
 
 async function startShared(): Promise<void> {
-  shared.buildDir = fs.mkdtempSync(path.join(ROOT, 'test/.build/blkback-it-'));
-  shared.bundle = path.join(shared.buildDir, 'xenblk.mjs');
-  const r = spawnSync('npm', ['run', '-s', 'build', '--', `--outfile=${shared.bundle}`], { cwd: ROOT, encoding: 'utf8' });
-  assert.equal(r.status, 0, `npm run build failed (run npm ci first):\n${r.stdout}\n${r.stderr}`);
+  shared.bundle = bundleCli('blkback-serve');
   // The simulator's memory is MAP_SHARED files: keep them on tmpfs, with a short socket path.
   const dir = fs.mkdtempSync(path.join(fs.existsSync('/dev/shm') ? '/dev/shm' : os.tmpdir(), 'xbit-'));
   shared.sim = await startSim({ dir, nrFrames: 16384 });
@@ -517,7 +515,7 @@ async function stopShared(): Promise<void> {
     await shared.sim.stop();
     fs.rmSync(shared.sim.dir, { recursive: true, force: true });
   }
-  if (shared.buildDir !== '') fs.rmSync(shared.buildDir, { recursive: true, force: true });
+  removeCliBundle(shared.bundle);
 }
 
 async function setup(t: { after: (f: () => Promise<void>) => void }, size = 8 << 20): Promise<Setup> {

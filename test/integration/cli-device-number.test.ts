@@ -1,30 +1,17 @@
 // `xenblk device-number` as a user runs it: the bundled CLI (built here exactly as `npm run build`
-// builds it, into a temp dir) spawned as a separate process; stdout, stderr and exit status checked.
+// builds it, into the git-ignored test/.build) spawned as a separate process; stdout, stderr and exit status checked.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { existsSync, mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { dirname, join, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { bundleCli, removeCliBundle } from '../support/cli-bundle.ts';
 
-const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
-let dir = '';
 let bundle = '';
 
 before(() => {
-  dir = mkdtempSync(join(tmpdir(), 'xenblk-device-number-'));
-  bundle = join(dir, 'xenblk.mjs');
-  // The package's own build script; a later --outfile overrides dist/xenblk.mjs, so a test run
-  // never rewrites the tree's bundle.
-  const r = spawnSync('npm', ['run', '-s', 'build', '--', `--outfile=${bundle}`], { cwd: ROOT, encoding: 'utf8' });
-  assert.equal(r.status, 0, `npm run build failed (run npm ci first):\n${r.stdout}\n${r.stderr}`);
-  assert.ok(existsSync(bundle), `build wrote no ${bundle}`);
+  bundle = bundleCli('device-number');
 });
 
-after(() => {
-  if (dir !== '') rmSync(dir, { recursive: true, force: true });
-});
+after(() => removeCliBundle(bundle));
 
 function xenblk(...args: string[]): { code: number | null; stdout: string; stderr: string } {
   const r = spawnSync(process.execPath, [bundle, 'device-number', ...args], { encoding: 'utf8', timeout: 30_000 });

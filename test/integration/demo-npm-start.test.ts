@@ -4,8 +4,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { build } from 'esbuild';
-import fs from 'node:fs';
+import { bundleCli, removeCliBundle } from '../support/cli-bundle.ts';
 import path from 'node:path';
 import { ROOT } from '../support/blkfront-sim.ts';
 
@@ -37,15 +36,8 @@ test('xenblk demo from the sources', async () => {
 });
 
 test('xenblk demo from the bundle, as npm start runs it', async (t) => {
-  const outDir = path.join(ROOT, 'test/.build');
-  fs.mkdirSync(outDir, { recursive: true });
-  const bundle = path.join(outDir, 'xenblk-demo-test.mjs');
-  t.after(() => fs.rmSync(bundle, { force: true }));
-  // The same esbuild options as package.json's build script, into a git-ignored file.
-  await build({
-    entryPoints: [path.join(ROOT, 'cli/main.ts')], bundle: true, platform: 'node', target: 'node20', format: 'esm',
-    outfile: bundle, external: ['koffi'], banner: { js: '#!/usr/bin/env node' }, logLevel: 'silent',
-  });
+  const bundle = bundleCli('demo');
+  t.after(() => removeCliBundle(bundle));
   const { code, out } = await runDemo([bundle, 'demo', '--seconds', '1', '--size', '16']);
   assert.equal(code, 0, out);
   checkSummary(out);

@@ -8,23 +8,20 @@ import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { SimChild } from './sim-driver.ts';
+import { bundleCli, removeCliBundle } from '../support/cli-bundle.ts';
 
-const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
-const bundle = path.join(ROOT, 'test', '.build', `xenblk-sim-cli-${process.pid}.mjs`);
+let bundle = '';
 const base = fs.mkdtempSync(path.join(fs.existsSync('/dev/shm') ? '/dev/shm' : os.tmpdir(), 'xenblk-cli-'));
 const dir = path.join(base, 'sim');
 
 before(() => {
-  fs.mkdirSync(path.dirname(bundle), { recursive: true });
-  const r = spawnSync('npm', ['run', '-s', 'build', '--', `--outfile=${bundle}`], { cwd: ROOT, encoding: 'utf8' });
-  assert.equal(r.status, 0, `npm run build failed (run npm ci first):\n${r.stdout}\n${r.stderr}`);
+  bundle = bundleCli('sim-cli');
 });
 
 after(() => {
   spawnSync(process.execPath, [bundle, 'sim', 'down', '--dir', dir], { encoding: 'utf8', timeout: 30_000 });
-  fs.rmSync(bundle, { force: true });
+  removeCliBundle(bundle);
   fs.rmSync(base, { recursive: true, force: true });
 });
 

@@ -298,6 +298,11 @@ function checkSpan(bytes: Uint8Array, off: number, size: number, what: string): 
   }
 }
 
+/** Zeroes the few padding bytes [from, to) with plain stores (cheaper than a fill call for < 8 bytes). */
+function zeroSmall(bytes: Uint8Array, from: number, to: number): void {
+  for (let i = from; i < to; i++) bytes[i] = 0;
+}
+
 /** Validates the segments [0, n) already copied into `out` (blkif.h: 0 <= first_sect <= last_sect <= 7). */
 function checkSegments(out: BlkifRequest, n: number): BlkifError | undefined {
   const first = out.segFirst;
@@ -428,9 +433,9 @@ export function decodeIndirectSegments(pages: Uint8Array, out: BlkifRequest): Bl
 }
 
 /**
- * `encodeRequest(abi, bytes, off, req)` writes `req` as the ring entry at `off`: the whole entry
- * (sizeof(struct blkif_request)) is zeroed first, so padding and unused segments carry no stale
- * bytes. READ/WRITE/WRITE_BARRIER/FLUSH_DISKCACHE write up to 11 segments; DISCARD the discard
+ * `encodeRequest(abi, bytes, off, req)` writes `req` as the ring entry at `off`: every byte of the
+ * entry (sizeof(struct blkif_request)) that no field sets (padding, unused segments, the tail past
+ * a shorter variant) is zeroed, so none carries stale bytes. READ/WRITE/WRITE_BARRIER/FLUSH_DISKCACHE write up to 11 segments; DISCARD the discard
  * layout; INDIRECT the indirect header with ceil(nrSegments/512) grefs (the segments go in the
  * indirect pages with `encodeIndirectSegments`); any other operation only operation and id, so
  * tests can send unknown operations. Values that do not fit their field throw a BlkifError.
@@ -442,8 +447,12 @@ export function encodeRequest(abi: BlkifAbi, bytes: Uint8Array, off: number, req
   checkUint(op, 0xff, 'operation');
   checkUint(req.idLo, 0xffffffff, 'id');
   checkUint(req.idHi, 0xffffffff, 'id');
-  bytes.fill(0, off, off + L.reqSize);
+  // Only the bytes no field sets are zeroed, not the whole entry first: this runs once per
+  // request on the data path and the entry is mostly fields. x86_64 has 4 bytes of padding
+  // before the u64 id ([4, 8)); x86_32 has none (id at 4).
+  const end = off + L.reqSize;
   bytes[off + OFF_OPERATION] = op;
+  if (L.id === 8) wr32(bytes, off + 4, 0);
   wr32(bytes, off + L.id, req.idLo);
   wr32(bytes, off + L.id + 4, req.idHi);
 
@@ -468,7 +477,10 @@ export function encodeRequest(abi: BlkifAbi, bytes: Uint8Array, off: number, req
         wr32(bytes, s, req.segGref[i]!);
         bytes[s + SEG_FIRST] = req.segFirst[i]!;
         bytes[s + SEG_LAST] = req.segLast[i]!;
+        bytes[s + 6] = 0; // struct blkif_request_segment: 2 bytes of padding after last_sect
+        bytes[s + 7] = 0;
       }
+      bytes.fill(0, seg + m * SEG_SIZE, end); // unused segments
       return;
     }
     case BLKIF_OP_DISCARD:
@@ -480,6 +492,7 @@ export function encodeRequest(abi: BlkifAbi, bytes: Uint8Array, off: number, req
       wr16(bytes, off + OFF_HANDLE, req.handle);
       wr64(bytes, off + L.discardSector, req.sectorNumber);
       wr64(bytes, off + L.discardNrSectors, req.nrSectors);
+      bytes.fill(0, off + L.discardNrSectors + 8, end); // past struct blkif_request_discard
       return;
     case BLKIF_OP_INDIRECT: {
       const n = req.nrSegments;
@@ -491,13 +504,18 @@ export function encodeRequest(abi: BlkifAbi, bytes: Uint8Array, off: number, req
       wr16(bytes, off + OFF_HANDLE, n);
       wr64(bytes, off + L.indirectSector, req.sectorNumber);
       wr16(bytes, off + L.indirectHandle, req.handle);
+      const g = off + L.indirectGrefs;
+      zeroSmall(bytes, off + L.indirectHandle + 2, g); // padding after handle
       const need = (n + BLKIF_SEGS_PER_INDIRECT_FRAME - 1) >>> 9;
       const pages = need < BLKIF_MAX_INDIRECT_PAGES_PER_REQUEST ? need : BLKIF_MAX_INDIRECT_PAGES_PER_REQUEST;
-      const g = off + L.indirectGrefs;
       for (let i = 0; i < pages; i++) wr32(bytes, g + 4 * i, req.indirectGrefs[i]!);
+      bytes.fill(0, g + 4 * pages, end); // unused grefs and the tail of the entry
       return;
     }
     default:
+      // Only operation and id are set.
+      zeroSmall(bytes, off + 1, off + 4);
+      bytes.fill(0, off + L.id + 8, end);
       return;
   }
 }
@@ -537,11 +555,13 @@ export function encodeResponse(abi: BlkifAbi, bytes: Uint8Array, off: number, rs
   if (!(rsp.status >= -0x8000 && rsp.status <= 0x7fff && rsp.status === Math.floor(rsp.status))) {
     throw new BlkifError(`blkif: status ${rsp.status} is not an int16`, 'status', rsp.status);
   }
-  bytes.fill(0, off, off + size);
   wr32(bytes, off + RSP_ID, rsp.idLo);
   wr32(bytes, off + RSP_ID + 4, rsp.idHi);
   bytes[off + RSP_OPERATION] = rsp.operation;
+  bytes[off + RSP_OPERATION + 1] = 0; // padding before the int16 status
   wr16(bytes, off + RSP_STATUS, rsp.status & 0xffff);
+  // x86_64 pads the struct to 16 bytes (u64 alignment); x86_32 ends at 12.
+  zeroSmall(bytes, off + RSP_STATUS + 2, off + size);
 }
 
 /** `decodeResponse(abi, bytes, off, out)` reads the response at `off` once into `out` (status sign-extended). */

@@ -24,17 +24,19 @@
 //   so the data is durable when acknowledged (blkfront sends FUA writes this way).
 // - In flight per ring is bounded (Linux: one pending_req per ring slot); a request that finds
 //   no free slot waits and counts as oo_req.
-// - With persistent grants the indirect descriptor pages are mapped through the persistent
-//   cache too (Linux xen_blkbk_parse_indirect maps them with xen_blkbk_map), so a frontend
-//   that reuses its pages costs no map/unmap per indirect request.
+// - With persistent grants the indirect descriptor pages are kept mapped too (Linux
+//   xen_blkbk_parse_indirect maps them with xen_blkbk_map, through the persistent tree), so a
+//   frontend that reuses its pages costs no map/unmap per indirect request. They live in a
+//   cache of their own, so `persistentGrants` and the stats keep counting data grants only; a
+//   page the frontend uses both ways may then be mapped twice, which costs one mapping.
 // - Responses are written to the ring as requests complete but published (rsp_prod) and
 //   notified once per event-loop turn: completions arrive one by one from the I/O threads, and
 //   ring.h's RING_PUSH_RESPONSES_AND_CHECK_NOTIFY over a batch sends one event where one per
 //   response would wake the frontend for each.
 //
-// Allocation: decoding and responding reuse per-slot objects; what a request allocates is what
-// its I/O call needs (the list of buffer views merged from its segments, and the promise);
-// what a batch of completions allocates is one setImmediate.
+// Allocation: decoding and responding reuse per-slot objects (the I/O vector too); what a
+// request allocates is what its I/O call needs (a view per run of segments that is not a whole
+// mapping, and the promise); what a batch of completions allocates is one setImmediate.
 import type { GrantMapper, MappedGrants } from '../../gnttab/gnttab.ts';
 import { PAGE_SIZE } from '../../gnttab/gnttab.ts';
 import type { EventChannel } from '../../evtchn/evtchn.ts';
@@ -119,6 +121,8 @@ interface Slot {
   readonly segBuf: (Buffer | undefined)[];
   readonly segOff: Int32Array;
   readonly segLen: Int32Array;
+  /** The I/O vector handed to the backend, reused (the slot is the request's until it completes). */
+  readonly iov: Buffer[];
 }
 
 const NOT_RUNNING = 0;
@@ -139,6 +143,8 @@ export class RingService {
   private readonly maxIndirect: number;
   private readonly maxInFlight: number;
   private readonly cache: PersistentGrantCache | undefined;
+  /** Indirect descriptor pages kept mapped (persistent mode). */
+  private readonly indirectCache: PersistentGrantCache | undefined;
   private readonly onHalt: ((err: RingServiceError) => void) | undefined;
   private readonly slots: Slot[] = [];
   private readonly free: Slot[] = [];
@@ -179,7 +185,12 @@ export class RingService {
       throw new RingServiceError(`ring has req_prod ${reqProd(sring)} more than ${sring.size} ahead of rsp_prod ${rspProd(sring)}`, 'req_prod', reqProd(sring));
     }
     this.maxInFlight = Math.max(1, Math.min(opts.maxInFlight ?? sring.size, sring.size));
-    this.cache = opts.persistent ? new PersistentGrantCache(opts.mapper, opts.maxPersistentGrants ?? DEFAULT_MAX_PERSISTENT_GRANTS) : undefined;
+    const maxPersistent = opts.maxPersistentGrants ?? DEFAULT_MAX_PERSISTENT_GRANTS;
+    this.cache = opts.persistent ? new PersistentGrantCache(opts.mapper, maxPersistent) : undefined;
+    // Bounded like the data cache, and by what the requests in flight can use at once.
+    this.indirectCache = opts.persistent && this.maxIndirect > 0
+      ? new PersistentGrantCache(opts.mapper, Math.max(1, Math.min(maxPersistent, this.maxInFlight * BLKIF_MAX_INDIRECT_PAGES_PER_REQUEST)))
+      : undefined;
   }
 
   /** `ringSize` is the number of entries of the ring. */
@@ -228,6 +239,7 @@ export class RingService {
       this.cache.clear();
       this.syncCacheCount();
     }
+    this.indirectCache?.clear();
     try {
       this.channel.close();
     } catch {
@@ -289,6 +301,7 @@ export class RingService {
         segBuf: [],
         segOff: new Int32Array(Math.max(this.maxIndirect, 11)),
         segLen: new Int32Array(Math.max(this.maxIndirect, 11)),
+        iov: [],
       };
       this.slots.push(s);
     }
@@ -398,8 +411,8 @@ export class RingService {
     const req = s.req;
     const pages = req.nrIndirectPages;
     const scratch = this.indirectScratch;
-    if (this.cache !== undefined) {
-      if (!this.copyIndirectPersistent(req, this.cache)) return BLKIF_RSP_ERROR;
+    if (this.indirectCache !== undefined) {
+      if (!this.copyIndirectPersistent(req, this.indirectCache)) return BLKIF_RSP_ERROR;
     } else {
       let mapping: MappedGrants;
       try {
@@ -439,9 +452,8 @@ export class RingService {
         cache.release(g);
         continue;
       }
-      // Read-only suffices to read descriptors, but mapOne prefers writable so that the same
-      // page can serve later as a data page of a READ (blkfront reuses its pages for both).
-      const m = this.mapOne(gref, false);
+      // Read-only suffices to read descriptors.
+      const m = this.mapIndirect(gref);
       if (m === undefined) {
         ok = false;
         break;
@@ -453,8 +465,15 @@ export class RingService {
         try { this.mapper.unmap(m); } catch { /* gone with the peer */ }
       }
     }
-    this.syncCacheCount();
     return ok;
+  }
+
+  private mapIndirect(gref: number): MappedGrants | undefined {
+    try {
+      return this.mapper.map(this.domid, [gref], false);
+    } catch {
+      return undefined;
+    }
   }
 
   /** Maps the request's segment grants into `s`; false (nothing left mapped) when one cannot be. */
@@ -547,12 +566,17 @@ export class RingService {
       try { this.mapper.unmap(m); } catch { /* gone with the peer */ }
     }
     s.segBuf.length = 0;
+    s.iov.length = 0;
   }
 
-  /** The buffers of `s`'s segments, adjacent pieces of one mapping merged into one view. */
+  /**
+   * The buffers of `s`'s segments, adjacent pieces of one mapping merged into one view; a piece
+   * that is a whole mapping (a full persistently mapped page) is passed as is, without a view.
+   */
   private iovec(s: Slot): Buffer[] {
     const n = s.req.nrSegments;
-    const iov: Buffer[] = [];
+    const iov = s.iov;
+    iov.length = 0;
     let buf = s.segBuf[0]!;
     let start = s.segOff[0]!;
     let end = start + s.segLen[0]!;
@@ -563,12 +587,12 @@ export class RingService {
         end += s.segLen[i]!;
         continue;
       }
-      iov.push(buf.subarray(start, end));
+      iov.push(start === 0 && end === buf.length ? buf : buf.subarray(start, end));
       buf = b;
       start = o;
       end = o + s.segLen[i]!;
     }
-    iov.push(buf.subarray(start, end));
+    iov.push(start === 0 && end === buf.length ? buf : buf.subarray(start, end));
     return iov;
   }
 

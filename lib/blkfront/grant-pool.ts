@@ -80,6 +80,8 @@ export class GrantReaper {
  */
 export class PersistentGrantPool {
   private readonly chunks: SharedPages[] = [];
+  /** views[h] is exactly page h (made once per page, so copies to and from a page allocate nothing). */
+  private readonly views: Buffer[] = [];
   private readonly free: Uint32Array;
   private freeCount = 0;
   private readonly capacity: number;
@@ -119,9 +121,13 @@ export class PersistentGrantPool {
     return true;
   }
 
-  /** `give(handles, at, n)` returns `n` handles from `handles[at]` to the pool. */
+  /**
+   * `give(handles, at, n)` returns `n` handles from `handles[at]` to the pool. They go back in
+   * reverse so that a later take() gets them in the same order: pages adjacent in memory stay
+   * adjacent in a request and are copied in one piece.
+   */
   give(handles: Uint32Array, at: number, n: number): void {
-    for (let i = 0; i < n; i++) this.free[this.freeCount++] = handles[at + i]!;
+    for (let i = n - 1; i >= 0; i--) this.free[this.freeCount++] = handles[at + i]!;
   }
 
   /** `ref(h)` is the grant reference of page `h`. */
@@ -139,6 +145,11 @@ export class PersistentGrantPool {
     return (h & CHUNK_MASK) * PAGE_SIZE;
   }
 
+  /** `page(h)` is page `h` alone (4096 bytes, `buffer(h)` at `offset(h)`). */
+  page(h: number): Buffer {
+    return this.views[h]!;
+  }
+
   private grow(need: number): boolean {
     const room = this.capacity - this.granted;
     if (room < need) return false;
@@ -147,6 +158,7 @@ export class PersistentGrantPool {
       const pages = this.sharer.share(this.domid, POOL_CHUNK_PAGES, true);
       const base = this.chunks.length << CHUNK_SHIFT;
       this.chunks.push(pages);
+      for (let i = 0; i < POOL_CHUNK_PAGES; i++) this.views.push(pages.buffer.subarray(i * PAGE_SIZE, (i + 1) * PAGE_SIZE));
       // Lowest handles on top of the stack so pages are reused in a stable order.
       for (let i = POOL_CHUNK_PAGES - 1; i >= 0; i--) this.free[this.freeCount++] = base + i;
     }
@@ -157,6 +169,7 @@ export class PersistentGrantPool {
   release(reaper: GrantReaper): void {
     for (const c of this.chunks) reaper.release(c);
     this.chunks.length = 0;
+    this.views.length = 0;
     this.freeCount = 0;
   }
 }

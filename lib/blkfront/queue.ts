@@ -200,22 +200,24 @@ export class BlkfrontQueue {
         req.segGref[i] = this.pageRef(slot, i);
         req.segFirst[i] = geo.firstSect;
         req.segLast[i] = geo.lastSect;
-        if (wireOp === BLKIF_OP_WRITE) {
-          op.data!.copyOut((start - op.sector) * BLKIF_SECTOR_SIZE + geo.byteOffset, this.pageBuffer(slot, i),
-            this.pageOffset(slot, i) + geo.firstSect * BLKIF_SECTOR_SIZE, geo.byteLength);
-        }
       }
+      if (wireOp === BLKIF_OP_WRITE) this.copyData(slot, op, start, count, nData, true);
     }
     if (indirect) {
       req.operation = BLKIF_OP_INDIRECT;
       req.dataOp = wireOp;
       req.nrIndirectPages = nIndirect;
-      const scratch = this.indirectScratch!;
-      encodeIndirectSegments(scratch.subarray(0, nIndirect * PAGE_SIZE), req);
-      for (let k = 0; k < nIndirect; k++) {
-        const p = nData + k;
-        req.indirectGrefs[k] = this.pageRef(slot, p);
-        this.pageBuffer(slot, p).set(scratch.subarray(k * PAGE_SIZE, (k + 1) * PAGE_SIZE), this.pageOffset(slot, p));
+      for (let k = 0; k < nIndirect; k++) req.indirectGrefs[k] = this.pageRef(slot, nData + k);
+      if (nIndirect === 1 && this.pool !== null) {
+        // The common case (up to 512 segments): encode straight into the granted page.
+        encodeIndirectSegments(this.pool.page(slot.handles[nData]!), req);
+      } else {
+        const scratch = this.indirectScratch!;
+        encodeIndirectSegments(scratch.subarray(0, nIndirect * PAGE_SIZE), req);
+        for (let k = 0; k < nIndirect; k++) {
+          const p = nData + k;
+          this.pageBuffer(slot, p).set(scratch.subarray(k * PAGE_SIZE, (k + 1) * PAGE_SIZE), this.pageOffset(slot, p));
+        }
       }
     } else {
       req.operation = wireOp;
@@ -359,17 +361,49 @@ export class BlkfrontQueue {
     return any;
   }
 
+  /**
+   * Copies the data of the request covering [start, start+count) of `op` between the caller's
+   * buffers and the slot's first `nData` pages (`toPages`: a write's data out to them, else a
+   * read's data in from them). One copy per run of pages adjacent in memory, and a single page
+   * is copied through its own view, so that nothing is allocated per page.
+   */
+  private copyData(slot: Slot, op: IoOp, start: number, count: number, nData: number, toPages: boolean): void {
+    const geo = this.geo;
+    const data = op.data!;
+    const base = (start - op.sector) * BLKIF_SECTOR_SIZE;
+    const pool = this.pool;
+    let i = 0;
+    while (i < nData) {
+      // Segment i starts the run; every later segment of a request begins at its page start and
+      // every earlier one ends at its page end (requests.ts), so adjacent pages hold adjacent data.
+      segmentAt(start, count, i, geo);
+      const streamOff = base + geo.byteOffset;
+      const inPage = geo.firstSect * BLKIF_SECTOR_SIZE;
+      let len = geo.byteLength;
+      const buf = this.pageBuffer(slot, i);
+      const first = this.pageOffset(slot, i);
+      let j = i + 1;
+      while (j < nData && this.pageBuffer(slot, j) === buf && this.pageOffset(slot, j) === first + (j - i) * PAGE_SIZE) {
+        segmentAt(start, count, j, geo);
+        len += geo.byteLength;
+        j++;
+      }
+      let target: Uint8Array = buf;
+      let at = first + inPage;
+      if (j === i + 1 && pool !== null) {
+        target = pool.page(slot.handles[i]!);
+        at = inPage;
+      }
+      if (toPages) data.copyOut(streamOff, target, at, len);
+      else data.copyIn(streamOff, target, at, len);
+      i = j;
+    }
+  }
+
   private complete(id: number, slot: Slot, status: number): void {
     const op = slot.op!;
     const { wireOp, start, count } = slot;
-    if (status === 0 && wireOp === BLKIF_OP_READ && !op.detached) {
-      const geo = this.geo;
-      for (let i = 0; i < slot.nData; i++) {
-        segmentAt(start, count, i, geo);
-        op.data!.copyIn((start - op.sector) * BLKIF_SECTOR_SIZE + geo.byteOffset, this.pageBuffer(slot, i),
-          this.pageOffset(slot, i) + geo.firstSect * BLKIF_SECTOR_SIZE, geo.byteLength);
-      }
-    }
+    if (status === 0 && wireOp === BLKIF_OP_READ && !op.detached) this.copyData(slot, op, start, count, slot.nData, false);
     this.releasePages(slot);
     this.freeSlot(id, slot);
     this.deps.owner.requestDone(op, wireOp, start, count, status);

@@ -115,7 +115,10 @@ export class ScatterList {
     return lo;
   }
 
-  /** `copyOut(offset, dst, dstOffset, length)` copies `length` stream bytes from `offset` into `dst`. */
+  /**
+   * `copyOut(offset, dst, dstOffset, length)` copies `length` stream bytes from `offset` into
+   * `dst`. (Buffer.prototype.copy would not help: on Node 20 it makes the same view.)
+   */
   copyOut(offset: number, dst: Uint8Array, dstOffset: number, length: number): void {
     let i = this.indexOf(offset);
     let done = 0;
@@ -123,7 +126,8 @@ export class ScatterList {
       const b = this.buffers[i]!;
       const inBuf = offset + done - this.starts[i]!;
       const n = Math.min(b.byteLength - inBuf, length - done);
-      if (n > 0) dst.set(b.subarray(inBuf, inBuf + n), dstOffset + done);
+      // A whole buffer is copied as is: a view of it would be an allocation per copy.
+      if (n > 0) dst.set(n === b.byteLength ? b : b.subarray(inBuf, inBuf + n), dstOffset + done);
       done += n > 0 ? n : 0;
       i++;
     }
@@ -137,7 +141,8 @@ export class ScatterList {
       const b = this.buffers[i]!;
       const inBuf = offset + done - this.starts[i]!;
       const n = Math.min(b.byteLength - inBuf, length - done);
-      if (n > 0) b.set(src.subarray(srcOffset + done, srcOffset + done + n), inBuf);
+      const from = srcOffset + done;
+      if (n > 0) b.set(from === 0 && n === src.byteLength ? src : src.subarray(from, from + n), inBuf);
       done += n > 0 ? n : 0;
       i++;
     }

@@ -1,0 +1,259 @@
+// The images one real-Xen boot needs, built from Debian's apt and cached on this machine:
+//   xen.elf          the hypervisor (xen-hypervisor-4.17-amd64, at the version of dom0's xen-utils)
+//   vmlinuz          the Debian kernel, booted as dom0
+//   dom0-initrd.gz   busybox + virtio/ext4/9p modules; mounts /dev/vda and switch_roots to it
+//   dom0.img         ext4 image of a debootstrap'ed minbase root with the Xen tools
+//   share/vmlinux    the same kernel, uncompressed, for PV domUs (libxc skips xz in a slow dom0)
+//   share/modules/   the domU's kernel modules (xen-blkfront)
+// The cache key holds the package versions and a hash of the files that shape the images, so a
+// new Debian kernel or Xen, or a change to these scripts, builds afresh; anything else reuses.
+import { createHash } from 'node:crypto';
+import { copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { basename, dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { codename, download, installedVersion, kernelPackage, candidate, mirrorFor, versionIn } from './apt.ts';
+import { HarnessError, run } from './exec.ts';
+import { buildInitramfs, modulesInLoadOrder } from './initramfs.ts';
+
+const HERE = dirname(fileURLToPath(import.meta.url));
+
+/** The Xen release the harness targets (the one Debian 12 ships). */
+const XEN = '4.17';
+
+/** Packages debootstrap puts into dom0 besides minbase (Node comes from the host over 9p). */
+const DOM0_PACKAGES = [`xen-utils-${XEN}`, 'xenstore-utils', 'iproute2', 'kmod', 'procps', 'busybox-static', 'e2fsprogs', 'util-linux'];
+
+/** Modules dom0's initramfs loads to reach its root disk and the 9p shares (crc32c: ext4 metadata_csum). */
+const DOM0_INITRAMFS_MODULES = ['crc32c_generic', 'virtio_pci', 'virtio_blk', 'ext4', '9pnet_virtio', '9p'];
+
+/** Modules test/xen/dom0/boot.sh and the tests modprobe in dom0. */
+const DOM0_MODULES = ['xenfs', 'xen-evtchn', 'xen-gntdev', 'xen-gntalloc', 'xen-privcmd', 'loop', 'xen-blkback'];
+
+/** Modules a domU's initramfs may load. */
+const DOMU_MODULES = ['xen-blkfront'];
+
+/** Size of dom0's root disk; free space holds the tests' backing files (QEMU keeps writes in a snapshot). */
+const DOM0_DISK_SIZE = '3G';
+
+/** Files whose content shapes the cached images: a change to any of them changes the key. */
+const SHAPING_FILES = ['images.ts', 'initramfs.ts', 'apt.ts', 'image/dom0-initramfs-init.sh', 'image/dom0-init.sh'];
+
+/** Everything one boot needs, all inside `dir`. */
+export interface Images {
+  readonly dir: string;
+  readonly xen: string;
+  readonly dom0Kernel: string;
+  readonly dom0Initrd: string;
+  readonly dom0Disk: string;
+  /** Directory shared read-only with dom0 (mounted at /xenblk/cache): vmlinux, modules/ (with `order`). */
+  readonly share: string;
+  readonly manifest: Manifest;
+}
+
+/** What an image set was built from, and how long building took. */
+export interface Manifest {
+  readonly suite: string;
+  readonly kernelPackage: string;
+  readonly kernelVersion: string;
+  readonly kernelRelease: string;
+  readonly xenVersion: string;
+  readonly builtAt: string;
+  readonly buildSeconds: number;
+}
+
+interface Plan {
+  readonly suite: string;
+  readonly mirror: string;
+  readonly kernelPackage: string;
+  readonly kernelVersion: string;
+  readonly xenVersion: string;
+  readonly key: string;
+}
+
+/** `plan()` is what would be built now: package versions from the host's apt, and the cache key. */
+function plan(): Plan {
+  const suite = codename();
+  const mirror = mirrorFor(suite);
+  const kpkg = kernelPackage();
+  const kver = candidate(kpkg);
+  // debootstrap installs dom0's Xen tools from <suite>/main; the hypervisor must match them exactly.
+  const xver = versionIn(`xen-utils-${XEN}`, suite);
+  const h = createHash('sha256');
+  for (const f of SHAPING_FILES) h.update(f).update(readFileSync(join(HERE, f)));
+  const key = `${suite}_xen-${xver}_${kpkg.replace(/^linux-image-/, '')}-${kver}_${h.digest('hex').slice(0, 10)}`.replace(/[^A-Za-z0-9._-]/g, '_');
+  return { suite, mirror, kernelPackage: kpkg, kernelVersion: kver, xenVersion: xver, key };
+}
+
+/** `imagesIn(dir)` is the image set in `dir`, or undefined when it is absent or incomplete. */
+function imagesIn(dir: string): Images | undefined {
+  const mf = join(dir, 'manifest.json');
+  if (!existsSync(mf)) return undefined;
+  const manifest = JSON.parse(readFileSync(mf, 'utf8')) as Manifest;
+  const images: Images = {
+    dir,
+    xen: join(dir, 'xen.elf'),
+    dom0Kernel: join(dir, 'vmlinuz'),
+    dom0Initrd: join(dir, 'dom0-initrd.gz'),
+    dom0Disk: join(dir, 'dom0.img'),
+    share: join(dir, 'share'),
+    manifest,
+  };
+  for (const p of [images.xen, images.dom0Kernel, images.dom0Initrd, images.dom0Disk, join(images.share, 'vmlinux')]) {
+    if (!existsSync(p)) return undefined;
+  }
+  return images;
+}
+
+/** `extractVmlinux(bzImage, out)` writes the uncompressed ELF kernel inside an xz-compressed bzImage to `out`. */
+function extractVmlinux(bzImage: string, out: string, scratch: string): void {
+  const data = readFileSync(bzImage);
+  const magic = Buffer.from([0xfd, 0x37, 0x7a, 0x58, 0x5a, 0x00]); // xz stream header
+  for (let at = data.indexOf(magic); at >= 0; at = data.indexOf(magic, at + 1)) {
+    const piece = join(scratch, 'vmlinux.xz');
+    writeFileSync(piece, data.subarray(at));
+    try {
+      // The payload is followed by setup data: decode one stream and ignore what trails it.
+      run('sh', ['-c', 'xz -dc --single-stream "$1" > "$2"', 'sh', piece, out]);
+    } catch {
+      continue;
+    } finally {
+      rmSync(piece, { force: true });
+    }
+    const head = readFileSync(out).subarray(0, 4);
+    if (head.equals(Buffer.from([0x7f, 0x45, 0x4c, 0x46]))) return;
+  }
+  throw new HarnessError(`no xz-compressed ELF kernel found inside ${bzImage}`);
+}
+
+/** `build(p, dir, log)` builds the whole image set of plan `p` into the empty directory `dir`. */
+function build(p: Plan, dir: string, log: (line: string) => void): void {
+  const t0 = Date.now();
+  const step = (what: string): (() => void) => {
+    const s = Date.now();
+    log(`  ${what}...`);
+    return () => log(`  ${what}: ${((Date.now() - s) / 1000).toFixed(1)} s`);
+  };
+  const debs = join(dir, 'debs');
+  const kernel = join(dir, 'kernel');
+  const root = join(dir, 'root');
+  mkdirSync(debs, { recursive: true });
+
+  let done = step(`apt-get download ${p.kernelPackage}=${p.kernelVersion}`);
+  const kdeb = download(p.kernelPackage, p.kernelVersion, debs);
+  run('dpkg-deb', ['-x', kdeb, kernel]);
+  const release = readdirSync(join(kernel, 'lib/modules'))[0];
+  if (release === undefined) throw new HarnessError(`${kdeb} holds no /lib/modules/<release>`);
+  run('depmod', ['-b', kernel, release]);
+  const modulesDir = join(kernel, 'lib/modules', release);
+  copyFileSync(join(kernel, 'boot', `vmlinuz-${release}`), join(dir, 'vmlinuz'));
+  mkdirSync(join(dir, 'share/modules'), { recursive: true });
+  extractVmlinux(join(dir, 'vmlinuz'), join(dir, 'share/vmlinux'), dir);
+  const domuModules = modulesInLoadOrder(modulesDir, DOMU_MODULES);
+  for (const rel of domuModules) copyFileSync(join(modulesDir, rel), join(dir, 'share/modules', basename(rel)));
+  writeFileSync(join(dir, 'share/modules/order'), domuModules.map((rel) => `${basename(rel)}\n`).join(''));
+  done();
+
+  done = step(`debootstrap --variant=minbase ${p.suite} (dom0 root)`);
+  run('debootstrap', ['--variant=minbase', `--include=${DOM0_PACKAGES.join(',')}`, p.suite, root, p.mirror], { timeoutMs: 30 * 60_000 });
+  done();
+
+  const xver = installedVersion(root, `xen-utils-${XEN}`);
+  if (xver !== p.xenVersion) throw new HarnessError(`debootstrap installed xen-utils-${XEN} ${xver ?? '(none)'}, expected ${p.xenVersion}`);
+  done = step(`apt-get download xen-hypervisor-${XEN}-amd64=${xver}`);
+  const xdeb = download(`xen-hypervisor-${XEN}-amd64`, xver, debs);
+  const xroot = join(dir, 'xen');
+  run('dpkg-deb', ['-x', xdeb, xroot]);
+  // QEMU's -kernel loads the ELF as a multiboot v1 image as it is.
+  run('sh', ['-c', 'gzip -dc "$1" > "$2"', 'sh', join(xroot, `boot/xen-${XEN}-amd64.gz`), join(dir, 'xen.elf')]);
+  done();
+
+  done = step('dom0 root: modules, init, image');
+  mkdirSync(join(root, 'lib/modules'), { recursive: true });
+  run('cp', ['-a', join(kernel, 'lib/modules', release), join(root, 'lib/modules', release)]);
+  // What dom0's boot script modprobes must be there (and modules.dep with it).
+  modulesInLoadOrder(join(root, 'lib/modules', release), DOM0_MODULES);
+  copyFileSync(join(HERE, 'image/dom0-init.sh'), join(root, 'sbin/xenblk-init'));
+  run('chmod', ['0755', join(root, 'sbin/xenblk-init')]);
+  for (const d of ['repo', 'cache', 'run', 'node']) mkdirSync(join(root, 'xenblk', d), { recursive: true });
+  writeFileSync(join(root, 'etc/hostname'), 'xenblk-dom0\n');
+  rmSync(join(root, 'var/cache/apt/archives'), { recursive: true, force: true });
+  rmSync(join(root, 'var/lib/apt/lists'), { recursive: true, force: true });
+  mkdirSync(join(root, 'var/cache/apt/archives/partial'), { recursive: true });
+  mkdirSync(join(root, 'var/lib/apt/lists/partial'), { recursive: true });
+  run('mkfs.ext4', ['-q', '-F', '-L', 'xenblk-dom0', '-d', root, join(dir, 'dom0.img'), DOM0_DISK_SIZE]);
+  done();
+
+  done = step('dom0 initramfs');
+  const modules = modulesInLoadOrder(modulesDir, DOM0_INITRAMFS_MODULES).map((rel) => join(modulesDir, rel));
+  buildInitramfs({ init: join(HERE, 'image/dom0-initramfs-init.sh'), modules }, join(dir, 'initramfs'), join(dir, 'dom0-initrd.gz'));
+  done();
+
+  for (const d of [debs, kernel, root, xroot, join(dir, 'initramfs')]) rmSync(d, { recursive: true, force: true });
+  const manifest: Manifest = {
+    suite: p.suite,
+    kernelPackage: p.kernelPackage,
+    kernelVersion: p.kernelVersion,
+    kernelRelease: release,
+    xenVersion: xver,
+    builtAt: new Date().toISOString(),
+    buildSeconds: Math.round((Date.now() - t0) / 100) / 10,
+  };
+  writeFileSync(join(dir, 'manifest.json'), `${JSON.stringify(manifest, null, 2)}\n`);
+}
+
+/** `pidAlive(pid)` is whether process `pid` still exists. */
+function pidAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+export interface ImageOptions {
+  /** Where image sets are cached, one directory per key. */
+  readonly cacheRoot: string;
+  /** Build afresh even when a complete image set for the key exists. */
+  readonly rebuild: boolean;
+  readonly log: (line: string) => void;
+}
+
+/** `ensureImages(opts)` is the image set for today's package versions, from the cache or freshly built. */
+export function ensureImages(opts: ImageOptions): { images: Images; built: boolean; seconds: number } {
+  const t0 = Date.now();
+  const p = plan();
+  const dir = join(opts.cacheRoot, p.key);
+  mkdirSync(opts.cacheRoot, { recursive: true });
+  if (opts.rebuild) rmSync(dir, { recursive: true, force: true });
+  const cached = imagesIn(dir);
+  if (cached !== undefined) return { images: cached, built: false, seconds: (Date.now() - t0) / 1000 };
+
+  // Build beside the final place and rename when complete: an interrupted build never looks done.
+  for (const e of readdirSync(opts.cacheRoot)) {
+    const m = /\.partial-(\d+)$/.exec(e);
+    if (m?.[1] !== undefined && !pidAlive(Number(m[1]))) rmSync(join(opts.cacheRoot, e), { recursive: true, force: true });
+  }
+  const partial = `${dir}.partial-${process.pid}`;
+  rmSync(partial, { recursive: true, force: true });
+  mkdirSync(partial, { recursive: true });
+  opts.log(`building images into ${dir} (xen ${p.xenVersion}, ${p.kernelPackage} ${p.kernelVersion})`);
+  try {
+    build(p, partial, opts.log);
+  } catch (e) {
+    rmSync(partial, { recursive: true, force: true });
+    throw e;
+  }
+  rmSync(dir, { recursive: true, force: true });
+  renameSync(partial, dir);
+  // Older image sets only take disk space (~1 GB each): keep the newest one.
+  for (const e of readdirSync(opts.cacheRoot)) {
+    const other = join(opts.cacheRoot, e);
+    if (other !== dir && !e.includes('.partial-') && statSync(other).isDirectory() && existsSync(join(other, 'manifest.json'))) {
+      rmSync(other, { recursive: true, force: true });
+    }
+  }
+  const images = imagesIn(dir);
+  if (images === undefined) throw new HarnessError(`image build finished but ${dir} is incomplete`);
+  return { images, built: true, seconds: (Date.now() - t0) / 1000 };
+}

@@ -12,7 +12,7 @@ import { Blkback } from '../../lib/blkback/backend.ts';
 import type { BlkbackLimits } from '../../lib/blkback/handshake.ts';
 import { serveControl, defaultControlDir } from '../../lib/blkback/control.ts';
 import { openBackend } from '../../lib/backends/open.ts';
-import { createVbd, removeVbd, vbdPaths, waitForDomain } from '../../lib/toolstack/vbd.ts';
+import { ToolstackError, createVbd, removeVbd, vbdPaths, waitForDomain } from '../../lib/toolstack/vbd.ts';
 import type { VbdPaths } from '../../lib/toolstack/vbd.ts';
 
 // More threads for the file I/O blkback keeps in flight (libuv's default is 4). Only effective
@@ -65,6 +65,27 @@ function bytes(name: string, v: string): number {
     throw new Error(`${name} takes a size of at least 512 bytes in whole sectors (e.g. 67108864, 64M, 2G), got ${JSON.stringify(v)}`);
   }
   return n;
+}
+
+/** `checkBacking(params, a)` is why `params` cannot be served (unopenable, or smaller than one sector), or undefined. */
+async function checkBacking(params: string, a: Args): Promise<string | undefined> {
+  let disk;
+  try {
+    disk = await openBackend(params, { readonly: a.readonly, direct: a.direct, sectorSize: a.sectorSize });
+  } catch (e) {
+    return `cannot serve ${params}: ${(e as Error).message}`;
+  }
+  try {
+    const size = await disk.size();
+    if (size < disk.sectorSize) {
+      // size() counts whole sectors; say how big the file really is.
+      const bytes = params.startsWith('ram:') ? size : fs.statSync(params).size;
+      return `cannot serve ${params}: too small (${bytes} bytes, less than one ${disk.sectorSize}-byte sector)`;
+    }
+    return undefined;
+  } finally {
+    await disk.close();
+  }
 }
 
 function parse(argv: string[]): Args | string {
@@ -146,6 +167,14 @@ export async function run(argv: string[]): Promise<number> {
     fs.truncateSync(params, a.create);
   }
 
+  // Refuse a backing we could never serve before any XenStore entry exists: as a toolstack's
+  // hotplug script would, so a bad FILE leaves nothing half-created behind.
+  const refusal = await checkBacking(params, a);
+  if (refusal !== undefined) {
+    process.stderr.write(`xenblk serve: ${refusal}\n`);
+    return 1;
+  }
+
   const host = await openHost({ ...(a.sim !== undefined ? { sim: a.sim } : {}), ...(a.xen ? { xen: true } : {}) });
   const xs = host.xenstore;
   // Ctrl-C from here on ends the wait for the domain or the serving, then tears down.
@@ -170,6 +199,15 @@ export async function run(argv: string[]): Promise<number> {
     const existing = await xs.tryRead(`${paths.backend}/params`);
     if (existing !== undefined) {
       if (existing !== params) throw new Error(`${paths.vdev} of domain ${a.domid} already exists, serving ${existing}`);
+      // Take over only a directory that is what createVbd would have written: a broken one is
+      // refused here, naming the key, rather than served into an endless fatal-error loop.
+      const want: Record<string, string> = { 'frontend-id': String(a.domid), frontend: paths.frontend };
+      for (const [key, value] of Object.entries(want)) {
+        const seen = await xs.tryRead(`${paths.backend}/${key}`);
+        if (seen?.trim() !== value) {
+          throw new ToolstackError(`${paths.backend}/${key} is ${JSON.stringify(seen)}, expected ${JSON.stringify(value)}: not taking over a broken disk directory`, 'EINVAL', `${paths.backend}/${key}`);
+        }
+      }
       say(`taking over ${paths.backend} (a previous backend died)`);
     } else {
       await createVbd(xs, { frontendDomid: a.domid, backendDomid: host.domid, vdev: a.vdev, params, readonly: a.readonly, kind: a.kind });

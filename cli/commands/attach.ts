@@ -9,6 +9,7 @@ import { XEN_EVTCHN_DEVICE, openHost } from '../../lib/host/open.ts';
 import { Blkfront } from '../../lib/blkfront/device.ts';
 import type { BlkfrontOptions, BlockInfo } from '../../lib/blkfront/device.ts';
 import type { BlkifAbi } from '../../protocol/blkif.ts';
+import { parseArgs } from '../args.ts';
 
 const USAGE = `usage: xenblk attach --vdev NAME [options] ACTION...
   --vdev NAME                  virtual device: xvdb, d1p0, 51728, ...
@@ -173,17 +174,8 @@ async function write(f: Blkfront, info: BlockInfo, source: string, offset: numbe
 
 /** `run(argv)` attaches, does the actions, detaches; 0 on success. */
 export async function run(argv: string[]): Promise<number> {
-  let args: Args | string;
-  try {
-    args = parse(argv);
-  } catch (e) {
-    args = (e as Error).message;
-  }
-  if (typeof args === 'string') {
-    process.stderr.write(args === '' ? USAGE : `xenblk attach: ${args}\n${USAGE}`);
-    return args === '' ? 0 : 2;
-  }
-  const a = args;
+  const a = parseArgs('attach', argv, parse, USAGE);
+  if (typeof a === 'number') return a;
   const say = (m: string): void => { process.stderr.write(`xenblk attach: ${m}\n`); };
   // On the simulator a guest is whichever domain we say (default 1); on Xen it is the domain
   // we run in, unless --domid says otherwise.

@@ -14,6 +14,7 @@ import { serveControl, defaultControlDir } from '../../lib/blkback/control.ts';
 import { openBackend } from '../../lib/backends/open.ts';
 import { ToolstackError, createVbd, removeVbd, vbdPaths, waitForDomain } from '../../lib/toolstack/vbd.ts';
 import type { VbdPaths } from '../../lib/toolstack/vbd.ts';
+import { parseArgs } from '../args.ts';
 
 // More threads for the file I/O blkback keeps in flight (libuv's default is 4). Only effective
 // if set before the first threadpool task; harmless otherwise.
@@ -144,17 +145,8 @@ function parse(argv: string[]): Args | string {
 
 /** `run(argv)` serves until interrupted; 0 after a clean teardown. */
 export async function run(argv: string[]): Promise<number> {
-  let args: Args | string;
-  try {
-    args = parse(argv);
-  } catch (e) {
-    args = (e as Error).message;
-  }
-  if (typeof args === 'string') {
-    process.stderr.write(args === '' ? USAGE : `xenblk serve: ${args}\n${USAGE}`);
-    return args === '' ? 0 : 2;
-  }
-  const a = args;
+  const a = parseArgs('serve', argv, parse, USAGE);
+  if (typeof a === 'number') return a;
   const say = (msg: string): void => { if (!a.quiet) process.stderr.write(`xenblk serve: ${msg}\n`); };
 
   const params = a.file.startsWith('ram:') ? a.file : path.resolve(a.file);

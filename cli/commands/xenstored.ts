@@ -7,6 +7,7 @@ import fs from 'node:fs';
 import { spawn } from 'node:child_process';
 import { createXenstored, DEFAULT_QUOTAS, type XenstoredCore, type XenstoredQuotas } from '../../xenstore/server/xenstored.ts';
 import { XsOp } from '../../protocol/xs-wire.ts';
+import { parseArgs } from '../args.ts';
 
 const USAGE = `usage: xenblk xenstored --socket PATH [--foreground] [--pid-file FILE]
                          [--domain DOMID:PATH]... [--quota NAME=VALUE]... [--verbose]
@@ -62,16 +63,8 @@ function parse(argv: string[]): Args | string {
 
 /** `run(argv)` runs the xenstored command; resolves with the exit code (foreground: when a signal stops it). */
 export async function run(argv: string[]): Promise<number> {
-  let args: Args | string;
-  try {
-    args = parse(argv);
-  } catch (e) {
-    args = (e as Error).message;
-  }
-  if (typeof args === 'string') {
-    process.stderr.write(args ? `xenblk xenstored: ${args}\n${USAGE}` : USAGE);
-    return args ? 2 : 0;
-  }
+  const args = parseArgs('xenstored', argv, parse, USAGE);
+  if (typeof args === 'number') return args;
   return args.foreground ? foreground(args) : daemonize(argv);
 }
 

@@ -13,6 +13,7 @@ import {
 import { FdWatch } from '../native/fd-watch.ts';
 import { NativeError, O, errno, errnoName, fail, libc } from '../native/libc.ts';
 import { ioctl } from '../native/ioctl.ts';
+import { dispatchEvent } from './dispatch.ts';
 
 const EAGAIN = 11;
 const EINTR = 4;
@@ -118,19 +119,9 @@ export class LinuxEventChannels implements EventChannels {
     }
   }
 
-  /** `dispatch(ch)` runs the handlers of `ch`, or remembers the event for the first handler. */
+  /** `dispatch(ch)` delivers an event to `ch` (see dispatch.ts). */
   dispatch(ch: LinuxEventChannel): void {
-    if (ch.handlers.length === 0) {
-      ch.undelivered = true;
-      return;
-    }
-    for (const h of ch.handlers) {
-      try {
-        h();
-      } catch (err) {
-        process.nextTick(() => { throw err; });
-      }
-    }
+    dispatchEvent(ch);
   }
 
   private adopt(port: number, remoteDomid: number): EventChannel {

@@ -24,6 +24,7 @@ import { FdWatch } from '../native/fd-watch.ts';
 import { drainFifo, openFifoReader, openFifoWriter, ringFifo } from '../native/fifo.ts';
 import { libc, NativeError } from '../native/libc.ts';
 import { Mapping } from '../native/memory.ts';
+import { dispatchEvent } from './dispatch.ts';
 
 /** The daemon calls SimEventChannels makes; each throws EvtchnError when refused. */
 export interface SimEvtchnHypervisor {
@@ -186,19 +187,9 @@ export class SimEventChannels implements EventChannels {
     this.cfg.hypervisor.closePort(ch.localPort);
   }
 
-  /** `dispatch(ch)` runs the channel's handlers (or remembers the event for the first one). */
+  /** `dispatch(ch)` delivers an event to `ch` (see dispatch.ts). */
   dispatch(ch: SimEventChannel): void {
-    if (ch.handlers.length === 0) {
-      ch.undelivered = true;
-      return;
-    }
-    for (const h of ch.handlers) {
-      try {
-        h();
-      } catch (err) {
-        process.nextTick(() => { throw err; });
-      }
-    }
+    dispatchEvent(ch);
   }
 
   private adopt(port: number, remoteDomid: number): EventChannel {

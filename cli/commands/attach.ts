@@ -103,7 +103,8 @@ async function dump(f: Blkfront, info: BlockInfo, target: string, signal: AbortS
   const toStdout = target === '-';
   const fd = toStdout ? undefined : fs.openSync(target, 'w');
   try {
-    if (fd !== undefined) fs.ftruncateSync(fd, 0);
+    // A regular file is cut to the disk's size; a device, FIFO or /dev/null cannot be truncated.
+    if (fd !== undefined && fs.fstatSync(fd).isFile()) fs.ftruncateSync(fd, 0);
     // A window of reads in flight, written out in order.
     const window: Promise<Buffer>[] = [];
     let next = 0;

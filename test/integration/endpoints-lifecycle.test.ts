@@ -36,8 +36,11 @@ test('a frontend process killed while connected: a new frontend takes the disk o
   const f0 = await Blkfront.attach(w.host, 'xvdb', opts);
   await f0.write(2048, data);
   await f0.disconnect();
-  // Another process of domain 1 attaches and dumps the disk; kill it as soon as it is connected.
-  const child = xenblk(['attach', '--vdev', 'xvdb', '--sim', w.dir, '--domid', '1', '--dump', '/dev/null']);
+  // Another process of domain 1 attaches and dumps the disk to its stdout, which we stop
+  // reading: once the pipe is full the child blocks mid-dump, still Connected, and is killed
+  // there (a dump that could finish would race the kill with the child's own Closing).
+  const child = xenblk(['attach', '--vdev', 'xvdb', '--sim', w.dir, '--domid', '1', '--dump', '-']);
+  child.proc.stdout!.pause();
   const deadline = Date.now() + 30_000;
   while (!/sectors of 512 bytes/.test(child.output())) {
     if (child.proc.exitCode !== null || Date.now() > deadline) assert.fail(`attach child did not connect:\n${child.output()}`);

@@ -1,7 +1,7 @@
 // `xenblk attach --vdev xvdb [--domid N] [--sim DIR | --xen] [--write IN [--offset BYTES]]
-// [--dump OUT] [--info]`: act as a guest's blkfront for one disk. Connects, does the actions in
-// that order (write, then dump, then info), flushes what it wrote, and disconnects (Closing,
-// Closed) so the disk can be attached again.
+// [--discard OFFSET:LENGTH] [--dump OUT] [--info]`: act as a guest's blkfront for one disk.
+// Connects, does the actions in that order (write, then discard, then dump, then info), flushes
+// what it wrote, and disconnects (Closing, Closed) so the disk can be attached again.
 import process from 'node:process';
 import fs from 'node:fs';
 import { once } from 'node:events';
@@ -18,6 +18,8 @@ const USAGE = `usage: xenblk attach --vdev NAME [options] ACTION...
 actions (done in this order):
   --write IN                   write file IN ('-' = stdin) to the disk, then flush
   --offset BYTES               where --write starts (default 0; a multiple of the sector size)
+  --discard OFFSET:LENGTH      discard LENGTH bytes from OFFSET (sector multiples; the
+                               backend must offer feature-discard), then flush
   --dump OUT                   read the whole disk into OUT ('-' = stdout)
   --info                       print size, sector sizes and negotiated features as JSON
 frontend options:
@@ -37,6 +39,7 @@ interface Args {
   xen: boolean;
   write: string | undefined;
   offset: number;
+  discard: { offset: number; length: number } | undefined;
   dump: string | undefined;
   info: boolean;
   front: { -readonly [K in keyof BlkfrontOptions]?: BlkfrontOptions[K] };
@@ -49,7 +52,7 @@ function int(name: string, v: string, min: number, max: number): number {
 
 function parse(argv: string[]): Args | string {
   let vdev: string | undefined;
-  const a: Omit<Args, 'vdev'> = { domid: undefined, sim: undefined, xen: false, write: undefined, offset: 0, dump: undefined, info: false, front: { deviceTimeoutMs: 10_000 } };
+  const a: Omit<Args, 'vdev'> = { domid: undefined, sim: undefined, xen: false, write: undefined, offset: 0, discard: undefined, dump: undefined, info: false, front: { deviceTimeoutMs: 10_000 } };
   for (let i = 0; i < argv.length; i++) {
     const opt = argv[i]!;
     const val = (): string => {
@@ -64,6 +67,13 @@ function parse(argv: string[]): Args | string {
       case '--xen': a.xen = true; break;
       case '--write': a.write = val(); break;
       case '--offset': a.offset = int(opt, val(), 0, Number.MAX_SAFE_INTEGER); break;
+      case '--discard': {
+        const v = val();
+        const m = /^([0-9]+):([0-9]+)$/.exec(v);
+        if (m === null) return `--discard takes OFFSET:LENGTH in bytes, got ${v}`;
+        a.discard = { offset: int(opt, m[1]!, 0, Number.MAX_SAFE_INTEGER), length: int(opt, m[2]!, 1, Number.MAX_SAFE_INTEGER) };
+        break;
+      }
       case '--dump': a.dump = val(); break;
       case '--info': a.info = true; break;
       case '--abi': {
@@ -83,7 +93,7 @@ function parse(argv: string[]): Args | string {
     }
   }
   if (vdev === undefined) return '--vdev NAME is required';
-  if (a.write === undefined && a.dump === undefined && !a.info) return 'nothing to do: give --write, --dump and/or --info';
+  if (a.write === undefined && a.discard === undefined && a.dump === undefined && !a.info) return 'nothing to do: give --write, --discard, --dump and/or --info';
   if (a.sim !== undefined && a.xen) return '--sim and --xen exclude each other';
   if (a.dump === '-' && a.info) return '--dump - and --info both write to stdout';
   if (a.write === '-' && a.dump === '-') return 'stdin and stdout cannot both carry disk data here';
@@ -173,6 +183,16 @@ async function write(f: Blkfront, info: BlockInfo, source: string, offset: numbe
   return total;
 }
 
+/** `discard(f, info, range)` discards whole sectors (one blkif discard request), then flushes. */
+async function discard(f: Blkfront, info: BlockInfo, range: { offset: number; length: number }, signal: AbortSignal): Promise<void> {
+  const ss = info.sectorSize;
+  if (range.offset % ss !== 0 || range.length % ss !== 0) throw new Error(`--discard ${range.offset}:${range.length} is not in whole sectors of ${ss} bytes`);
+  if (range.offset + range.length > info.sectors * ss) throw new Error(`--discard ${range.offset}:${range.length} runs past the end of the disk (${info.sectors * ss} bytes)`);
+  if (!info.features.discard) throw new Error(`the backend of ${f.location.name} does not offer discard (feature-discard)`);
+  await f.discard(range.offset / ss, range.length / ss, { signal });
+  await f.flush({ signal });
+}
+
 /** `run(argv)` attaches, does the actions, detaches; 0 on success. */
 export async function run(argv: string[]): Promise<number> {
   const a = parseArgs('attach', argv, parse, USAGE);
@@ -199,6 +219,10 @@ export async function run(argv: string[]): Promise<number> {
     if (a.write !== undefined) {
       const n = await write(f, info, a.write, a.offset, stop.signal);
       say(`wrote ${n} bytes at offset ${a.offset}`);
+    }
+    if (a.discard !== undefined) {
+      await discard(f, info, a.discard, stop.signal);
+      say(`discarded ${a.discard.length} bytes at offset ${a.discard.offset}`);
     }
     if (a.dump !== undefined) {
       const n = await dump(f, info, a.dump, stop.signal);

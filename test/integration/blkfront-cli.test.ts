@@ -9,7 +9,7 @@ import { assertSimReleased, fileBytes, node, randomBytes, ROOT, serve, simWorld,
 
 const MiB = 1024 * 1024;
 
-test('xenblk attach --write (unaligned tail), --dump to a file and to stdout, --info', async (t) => {
+test('xenblk attach --write (unaligned tail), --discard, --dump to a file and to stdout, --info', async (t) => {
   const w = await simWorld(t, 2 * MiB);
   serve(t, w);
   const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'xenblk-attach-'));
@@ -24,6 +24,20 @@ test('xenblk attach --write (unaligned tail), --dump to a file and to stdout, --
   assert.match(wr.output(), /wrote 300000 bytes at offset 8192/);
   assert.ok(fileBytes(w.image, 8192, data.length).equals(data), 'backing file holds the input');
   assert.ok(fileBytes(w.image, 8192 + data.length, 512 - (data.length % 512)).every((b) => b === 0), 'rest of the last sector kept');
+
+  // Discard 64 KiB inside the written range: the backend punches a hole, which reads as zeros.
+  const disc = xenblk(['attach', ...sim, '--discard', '65536:65536']);
+  assert.equal(await disc.exited, 0, disc.output());
+  assert.match(disc.output(), /discarded 65536 bytes at offset 65536/);
+  assert.ok(fileBytes(w.image, 65536, 65536).every((b) => b === 0), 'discarded range reads as zeros in the backing file');
+  assert.ok(fileBytes(w.image, 8192, 65536 - 8192).equals(data.subarray(0, 65536 - 8192)), 'data before the discarded range kept');
+  assert.ok(fileBytes(w.image, 131072, 8192).equals(data.subarray(131072 - 8192, 131072)), 'data after the discarded range kept');
+  const unaligned = xenblk(['attach', ...sim, '--discard', '100:512']);
+  assert.equal(await unaligned.exited, 1);
+  assert.match(unaligned.output(), /not in whole sectors/);
+  const pastEnd = xenblk(['attach', ...sim, '--discard', `${2 * MiB - 512}:1024`]);
+  assert.equal(await pastEnd.exited, 1);
+  assert.match(pastEnd.output(), /past the end of the disk/);
 
   const out = path.join(tmp, 'dump.bin');
   const dump = xenblk(['attach', ...sim, '--dump', out]);

@@ -43,10 +43,18 @@ export const TESTS: readonly XenTest[] = [
   },
   {
     name: 'xenblk-blkfront-linux-blkback',
-    summary: 'xenblk attach in dom0 (gntalloc, evtchn) against Linux xen-blkback on a loop device: write, flush, read back',
+    summary: 'xenblk attach in dom0 (gntalloc, evtchn) against Linux xen-blkback on a loop device: write, flush, discard, read back',
     script: 'xenblk-blkfront-linux-blkback.sh',
     timeoutSeconds: 420,
     requires: ['cli/commands/attach.ts', 'lib/blkfront/device.ts', 'lib/host/open.ts'],
+    build: true,
+  },
+  {
+    name: 'bad-frontend-xenblk-blkback',
+    summary: 'a hostile frontend in dom0 (gntalloc: Xen checks every grant) against xenblk serve: garbage requests answered with errors, the backend keeps serving',
+    script: 'bad-frontend-xenblk-blkback.sh',
+    timeoutSeconds: 420,
+    requires: ['test/xen/dom0/bad-frontend.ts', 'cli/commands/serve.ts', 'lib/blkback/backend.ts'],
     build: true,
   },
   {

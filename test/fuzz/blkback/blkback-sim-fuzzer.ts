@@ -2,7 +2,7 @@
 // its own on the simulator (issue 8 part 1, separate-process variant). Sessions of a few hundred
 // rings, each against a backend started with random options (persistent grants or not, indirect
 // limit, ring order, 512/4096-byte sectors, read-only), over real shared memory, event channels
-// and XenStore. Oracles (sim-session.ts): answers as in process, data against the image file,
+// and XenStore. Oracles (remote-frontend.ts): answers as in process, data against the image file,
 // nothing written into read-only grants, the backend process alive after every batch and
 // exiting cleanly at the end, its resident memory bounded, and once both ends closed the guest domain's pages mapped by
 // nobody and no port left bound. One iteration is one published ring.
@@ -15,14 +15,14 @@ import { xenblk } from '../../support/blkfront-sim.ts';
 import type { Child } from '../../support/blkfront-sim.ts';
 import { Rng, budgetLeft, deriveSeed, type Finding, type FuzzOptions, type FuzzResult, type Fuzzer } from '../fuzzer.ts';
 import { GrantPools } from './grant-pools.ts';
-import { SimFrontend } from './sim-session.ts';
-import type { SimBatchMode } from './sim-session.ts';
+import { RemoteFrontend } from './remote-frontend.ts';
+import type { RemoteBatchMode } from './remote-frontend.ts';
 
 const NAME = 'blkback-sim';
 const GUEST = 3;
 const OTHER = 9;
 const DISK_BYTES = 4 << 20;
-const MODES: readonly (readonly [number, SimBatchMode])[] = [[60, 'clean'], [12, 'storm'], [20, 'chaos'], [8, 'jump']];
+const MODES: readonly (readonly [number, RemoteBatchMode])[] = [[60, 'clean'], [12, 'storm'], [20, 'chaos'], [8, 'jump']];
 const MAX_FINDINGS = 10;
 /** Bound on the backend process's resident memory (it serves a 4 MiB disk). */
 const MAX_BACKEND_RSS_BYTES = 1 << 30;
@@ -86,7 +86,7 @@ export const blkbackSimFuzzer: Fuzzer = {
         const pools = new GrantPools(host.sharer, 0, OTHER, { rw: 64, src: 16, ro: 16, ind: 16, decoy: 4 });
         const fe = `/local/domain/${GUEST}/device/vbd/51728`;
         const be = `/local/domain/0/backend/vbd/${GUEST}/51728`;
-        const front = new SimFrontend(host, pools, fe, be, image, rng.chance(0.25) ? 'x86_32' : 'x86_64', rng.pick([0, 1, 2]), noise);
+        const front = new RemoteFrontend(host, pools, fe, be, image, rng.chance(0.25) ? 'x86_32' : 'x86_64', rng.pick([0, 1, 2]), noise);
         let bad = false;
         try {
           const deadline = Date.now() + 60_000;

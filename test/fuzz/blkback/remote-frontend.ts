@@ -1,16 +1,17 @@
-// The blkback fuzzer's frontend against a real backend process: `xenblk serve` (the CLI from
-// the sources) on the simulator, this process attached as the guest domain. The frontend does
+// The blkback fuzzer's frontend against a real backend process: `xenblk serve` on the
+// simulator (this process attached as the guest domain) or on real Xen (a dom0 program sharing
+// pages through /dev/xen/gntalloc, test/xen/dom0/bad-frontend.ts). The frontend does
 // the xenbus handshake itself (blkif.h "Frontend XenBus Nodes"), then publishes the same
 // planned batches as the in-process session (generate.ts) through real shared memory and event
 // channels. What differs from in process: no hooks inside the backend (no rewrite races), the
-// grant checks are the simulator's own (it maps only what the grant table permits), and the
+// grant checks are the platform's own (the simulator's table or Xen's maps only what was granted), and the
 // disk model is checked against the image file. After each batch the backend process must be
 // alive; after a req_prod jump it halts that ring, and the frontend reconnects with a fresh one
 // (Closing, Closed, Initialising, as Linux blkfront does for a broken ring).
 import fs from 'node:fs';
 import type { SharedPages } from '../../../gnttab/gnttab.ts';
 import type { EventChannel } from '../../../evtchn/evtchn.ts';
-import type { SimHost } from '../../../lib/sim/attach.ts';
+import type { Host } from '../../../lib/host/host.ts';
 import { BLKIF_RSP_EOPNOTSUPP, BLKIF_RSP_ERROR, BLKIF_RSP_OKAY, ringEntrySize, VDISK_READONLY } from '../../../protocol/blkif.ts';
 import { entryOffset, frontRingInit, nextRequestOffset, rspProd, sringInit } from '../../../protocol/ring.ts';
 import type { FrontRing, Sring } from '../../../protocol/ring.ts';
@@ -25,7 +26,7 @@ import type { EntryLayout } from './raw-entry.ts';
 /** A hang detector on a loaded machine, not a measurement. */
 const DEADLINE_MS = 30_000;
 
-export type SimBatchMode = 'clean' | 'storm' | 'chaos' | 'jump';
+export type RemoteBatchMode = 'clean' | 'storm' | 'chaos' | 'jump';
 
 interface Outstanding {
   readonly plan: Planned;
@@ -33,8 +34,8 @@ interface Outstanding {
   status: number | undefined;
 }
 
-/** Our half of one vbd on the simulator. */
-export class SimFrontend {
+/** Our half of one vbd whose backend runs in another process (the simulator or Xen). */
+export class RemoteFrontend {
   private readonly L: EntryLayout;
   private readonly slices: SliceAllocator;
   private ring: SharedPages | undefined;
@@ -51,9 +52,11 @@ export class SimFrontend {
   private readonly model: Buffer;
   private sentinel = 0;
   reconnects = 0;
+  /** Responses seen, by status (OKAY 0, ERROR -1, EOPNOTSUPP -2), over the whole session. */
+  readonly statuses = { okay: 0, error: 0, eopnotsupp: 0 };
 
   constructor(
-    private readonly host: SimHost,
+    private readonly host: Host,
     readonly pools: GrantPools,
     private readonly fe: string,
     private readonly be: string,
@@ -92,7 +95,7 @@ export class SimFrontend {
     const bytes = new Uint8Array(this.ring.buffer.buffer, this.ring.buffer.byteOffset, this.ring.buffer.byteLength);
     this.sring = sringInit(bytes, ringEntrySize(this.abi));
     this.front = frontRingInit(this.sring);
-    this.port = this.host.evtchn.allocUnbound(0);
+    this.port = this.host.evtchn.allocUnbound(this.pools.backendDomid);
     this.port.onEvent(() => this.consume());
     const fe = this.fe;
     const ring = this.ring;
@@ -181,6 +184,9 @@ export class SimFrontend {
         }
         o.status = r.status;
         this.answered++;
+        if (r.status === BLKIF_RSP_OKAY) this.statuses.okay++;
+        else if (r.status === BLKIF_RSP_ERROR) this.statuses.error++;
+        else if (r.status === BLKIF_RSP_EOPNOTSUPP) this.statuses.eopnotsupp++;
         if (r.operation !== o.rspOp) this.async.push(`response to ${o.plan.label} has operation ${r.operation}, want ${o.rspOp}`);
         if (!o.plan.expect.includes(r.status)) this.async.push(`${o.plan.label} answered ${r.status}, want ${o.plan.expect.join(' or ')}`);
       }
@@ -214,7 +220,7 @@ export class SimFrontend {
   }
 
   /** `batch(rng, mode)` publishes one batch; the problems found. */
-  async batch(rng: Rng, mode: SimBatchMode): Promise<string[]> {
+  async batch(rng: Rng, mode: RemoteBatchMode): Promise<string[]> {
     const problems: string[] = [];
     const s = this.sring;
     if (mode === 'jump') {
@@ -265,7 +271,7 @@ export class SimFrontend {
     return problems;
   }
 
-  private checkData(mode: SimBatchMode, problems: string[]): void {
+  private checkData(mode: RemoteBatchMode, problems: string[]): void {
     const model = this.model;
     for (const o of this.outstanding.values()) {
       const p = o.plan;

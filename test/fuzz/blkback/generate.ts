@@ -77,6 +77,20 @@ export interface Planned {
   readonly names: readonly number[];
 }
 
+/** `applyToModel(model, p)` makes the disk model follow a request that succeeded: its written data, or a discard's zeros. */
+export function applyToModel(model: Buffer, p: Planned): void {
+  if (p.effect === 'write') {
+    let pos = p.sector * 512;
+    for (const sl of p.slices) {
+      const len = (sl.last - sl.first + 1) * 512;
+      sl.page.buf.copy(model, pos, sl.first * 512, sl.first * 512 + len);
+      pos += len;
+    }
+  } else if (p.effect === 'discard') {
+    model.fill(0, p.sector * 512, (p.sector + p.nsect) * 512);
+  }
+}
+
 const TWO32 = 4294967296;
 
 /** Plans one batch: call `wellFormed()` / `flawed()` / `chaos()` per request, `finish()` at the end. */

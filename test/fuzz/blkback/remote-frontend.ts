@@ -18,7 +18,7 @@ import type { FrontRing, Sring } from '../../../protocol/ring.ts';
 import { XenbusState, parseXenbusState } from '../../../protocol/xenbus-state.ts';
 import type { Rng } from '../fuzzer.ts';
 import { GrantPools, SliceAllocator } from './grant-pools.ts';
-import { BatchPlanner } from './generate.ts';
+import { BatchPlanner, applyToModel } from './generate.ts';
 import type { Planned, SessionConfig } from './generate.ts';
 import { entryLayout, readResponse, writeEntry } from './raw-entry.ts';
 import type { EntryLayout } from './raw-entry.ts';
@@ -300,18 +300,7 @@ export class RemoteFrontend {
       return;
     }
     for (const o of this.outstanding.values()) {
-      const p = o.plan;
-      if (o.status !== BLKIF_RSP_OKAY) continue;
-      if (p.effect === 'write') {
-        let pos = p.sector * 512;
-        for (const sl of p.slices) {
-          const len = (sl.last - sl.first + 1) * 512;
-          sl.page.buf.copy(model, pos, sl.first * 512, sl.first * 512 + len);
-          pos += len;
-        }
-      } else if (p.effect === 'discard') {
-        model.fill(0, p.sector * 512, (p.sector + p.nsect) * 512);
-      }
+      if (o.status === BLKIF_RSP_OKAY) applyToModel(model, o.plan);
     }
   }
 

@@ -33,7 +33,7 @@ import { AuditedMapper } from './audited-mapper.ts';
 import { FuzzDisk } from './fuzz-disk.ts';
 import { GrantPools, SliceAllocator } from './grant-pools.ts';
 import type { Page } from './grant-pools.ts';
-import { BatchPlanner } from './generate.ts';
+import { BatchPlanner, applyToModel } from './generate.ts';
 import type { Planned, SessionConfig } from './generate.ts';
 import { entryLayout, rd16, rd32, writeEntry, wr32 } from './raw-entry.ts';
 import type { EntryLayout } from './raw-entry.ts';
@@ -526,18 +526,7 @@ export class InProcessSession {
     if (mode === 'chaos') for (const pg of this.pools.src) pg.shadow!.set(pg.buf);
     // The model follows what succeeded.
     for (const o of this.outstanding.values()) {
-      const p = o.plan;
-      if (o.status !== BLKIF_RSP_OKAY) continue;
-      if (p.effect === 'write') {
-        let pos = p.sector * 512;
-        for (const sl of p.slices) {
-          const len = (sl.last - sl.first + 1) * 512;
-          sl.page.buf.copy(model, pos, sl.first * 512, sl.first * 512 + len);
-          pos += len;
-        }
-      } else if (p.effect === 'discard') {
-        model.fill(0, p.sector * 512, (p.sector + p.nsect) * 512);
-      }
+      if (o.status === BLKIF_RSP_OKAY) applyToModel(model, o.plan);
     }
   }
 

@@ -1,5 +1,5 @@
 // Per-disk statistics, named as Linux xen-blkback's sysfs `statistics/` group (oo_req, rd_req,
-// wr_req, f_req, ds_req, rd_sect, wr_sect) plus errors, requests in flight and a latency
+// wr_req, f_req, ds_req, rd_sect, wr_sect) plus errors, merges, requests in flight and a latency
 // histogram. Counters are plain numbers updated on the hot path without allocation; one
 // VbdStats is shared by every ring (queue) of a disk, as Linux sums its per-ring counters.
 
@@ -21,6 +21,8 @@ export interface VbdStatsSnapshot {
   readonly wr_sect: number;
   /** Requests answered with BLKIF_RSP_ERROR or BLKIF_RSP_EOPNOTSUPP. */
   readonly errors: number;
+  /** Reads and writes served by the backing call of an adjacent request (as /proc/diskstats counts merges). */
+  readonly merged_req: number;
   readonly in_flight: number;
   /** Persistent grants mapped now (all rings). */
   readonly persistent_grants: number;
@@ -41,6 +43,7 @@ export class VbdStats {
   rdSect = 0;
   wrSect = 0;
   errors = 0;
+  merged = 0;
   inFlight = 0;
   persistentGrants = 0;
   readonly latency = new Float64Array(LATENCY_BUCKETS);
@@ -65,6 +68,7 @@ export class VbdStats {
       rd_sect: this.rdSect,
       wr_sect: this.wrSect,
       errors: this.errors,
+      merged_req: this.merged,
       in_flight: this.inFlight,
       persistent_grants: this.persistentGrants,
       latency_us: hist,

@@ -168,6 +168,9 @@ export class Dispatcher implements QueueOwner {
           continue;
         }
       }
+      // All requests of one operation go to one ring while it has room, as blk-mq keeps a
+      // request's bios on one hardware queue: the backend can then merge the adjacent ones.
+      let prefer = -1;
       while (op.hasPending) {
         const last = op.pendStart.length - 1;
         const start = op.pendStart[last]!;
@@ -176,15 +179,16 @@ export class Dispatcher implements QueueOwner {
         const stop = op.kind === 'read' || op.kind === 'write'
           ? chunkEnd(start, end, this.config.maxSegments)
           : op.kind === 'discard' ? Math.min(end, start + DISCARD_MAX_SECTORS) : end;
-        let sent: boolean;
+        let sent: number;
         try {
-          sent = this.sendOnSomeQueue(op, wireOp, start, stop - start);
+          sent = this.sendOnSomeQueue(op, wireOp, start, stop - start, prefer);
         } catch (e) {
           op.dropPending();
           if (op.error === null) op.error = e instanceof BlkfrontError ? e : new BlkfrontError('EIO', (e as Error).message, undefined, undefined, { cause: e });
           break;
         }
-        if (!sent) return;
+        if (sent < 0) return;
+        prefer = sent;
         op.inflight++;
         op.requests++;
         this.stats.requests++;
@@ -221,18 +225,24 @@ export class Dispatcher implements QueueOwner {
     }
   }
 
-  private sendOnSomeQueue(op: IoOp, wireOp: number, start: number, count: number): boolean {
+  /** Submits one request on queue `prefer` if it has room, else on the next queue with room; the index used, or -1. */
+  private sendOnSomeQueue(op: IoOp, wireOp: number, start: number, count: number, prefer: number): number {
     const qs = this.queues;
     const n = qs.length;
-    // Spread requests: start from the queue after the last one used, take the first with room.
+    if (prefer >= 0 && prefer < n) {
+      const q = qs[prefer]!;
+      if (q.freeSlots > 0 && q.trySubmit(op, wireOp, start, count)) return prefer;
+    }
+    // Spread operations: start from the queue after the last one used, take the first with room.
     for (let k = 0; k < n; k++) {
-      const q = qs[(this.rotate + k) % n]!;
+      const i = (this.rotate + k) % n;
+      const q = qs[i]!;
       if (q.freeSlots > 0 && q.trySubmit(op, wireOp, start, count)) {
-        this.rotate = (this.rotate + k + 1) % n;
-        return true;
+        this.rotate = (i + 1) % n;
+        return i;
       }
     }
-    return false;
+    return -1;
   }
 
   /** QueueOwner: a request of `op` was answered with `status`. */

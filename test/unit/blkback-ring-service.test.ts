@@ -327,7 +327,8 @@ test('a request that completes early is answered before an earlier slow one', as
   };
   const p = pair({ backing: disk });
   const first = p.queue({ operation: BLKIF_OP_READ, sectorNumber: 0, segs: fullSegs([p.page()]) });
-  const second = p.queue({ operation: BLKIF_OP_READ, sectorNumber: 8, segs: fullSegs([p.page()]) });
+  // Not adjacent to the first, or the two would be merged into one call.
+  const second = p.queue({ operation: BLKIF_OP_READ, sectorNumber: 16, segs: fullSegs([p.page()]) });
   p.push();
   await second;
   assert.deepEqual(p.order, [2], 'the fast request was answered while the slow one is in flight');
@@ -336,6 +337,47 @@ test('a request that completes early is answered before an earlier slow one', as
   await first;
   assert.deepEqual(p.order, [2, 1]);
   await closeAndCheckClean(p);
+});
+
+test('adjacent reads or writes published together go to the disk as one call; each is answered, with the call\'s status', async () => {
+  const inner = createRamDisk({ size: 1 << 20 });
+  const disk = gatedDisk(inner);
+  const p = pair({ backing: disk, maxIndirect: 32 });
+  // Three adjacent writes (one direct, one indirect, one direct), a write elsewhere, a read
+  // adjacent to them (other direction: not merged), two adjacent reads.
+  const srcs = [p.page(1, false), p.page(2, false), p.page(3, false), p.page(4, false)];
+  const rsps = [
+    p.queue({ operation: BLKIF_OP_WRITE, sectorNumber: 0, segs: fullSegs([srcs[0]!]) }),
+    p.queue({ operation: BLKIF_OP_INDIRECT, dataOp: BLKIF_OP_WRITE, sectorNumber: 8, segs: fullSegs([srcs[1]!, srcs[2]!]) }),
+    p.queue({ operation: BLKIF_OP_WRITE, sectorNumber: 24, segs: [{ page: srcs[3]!, first: 0, last: 3 }] }),
+    p.queue({ operation: BLKIF_OP_WRITE, sectorNumber: 100, segs: fullSegs([p.page(5, false)]) }),
+    p.queue({ operation: BLKIF_OP_READ, sectorNumber: 28, segs: fullSegs([p.page()]) }),
+    p.queue({ operation: BLKIF_OP_READ, sectorNumber: 200, segs: fullSegs([p.page()]) }),
+    p.queue({ operation: BLKIF_OP_READ, sectorNumber: 208, segs: fullSegs([p.page()]) }),
+  ];
+  p.push();
+  await until(() => disk.inFlight === 4, 'four calls started');
+  assert.deepEqual(disk.log, ['start write 0', 'start write 100', 'start read 28', 'start read 200']);
+  disk.release(4);
+  const got = await Promise.all(rsps);
+  assert.ok(got.every((r) => r.status === BLKIF_RSP_OKAY), JSON.stringify(got));
+  assert.equal(p.stats.merged, 3);
+  assert.equal(p.stats.wrSect, 8 + 16 + 4 + 8);
+  assert.equal(p.stats.rdSect, 16 + 8);
+  const expect = Buffer.concat([Buffer.alloc(4096, 1), Buffer.alloc(4096, 2), Buffer.alloc(4096, 3), Buffer.alloc(2048, 4)]);
+  assert.deepEqual(inner.data.subarray(0, expect.length), expect);
+
+  // A merged call that fails fails each of its requests; a separate one is unaffected.
+  const failing: BlockBackend = { ...inner, size: () => inner.size(), async write(off) { throw new Error(`no write at ${off}`); } };
+  const q = pair({ backing: failing });
+  const bad = [0, 8, 16].map((sectorNumber) => q.queue({ operation: BLKIF_OP_WRITE, sectorNumber, segs: fullSegs([q.page(9, false)]) }));
+  const good = q.queue({ operation: BLKIF_OP_READ, sectorNumber: 0, segs: fullSegs([q.page()]) });
+  q.push();
+  assert.deepEqual((await Promise.all(bad)).map((r) => r.status), [BLKIF_RSP_ERROR, BLKIF_RSP_ERROR, BLKIF_RSP_ERROR]);
+  assert.equal((await good).status, BLKIF_RSP_OKAY);
+  assert.equal(q.stats.merged, 2);
+  await closeAndCheckClean(p);
+  await closeAndCheckClean(q);
 });
 
 test('a barrier waits for earlier requests and later requests wait for the barrier', async () => {
@@ -370,7 +412,8 @@ test('a barrier waits for earlier requests and later requests wait for the barri
 test('in flight is bounded: excess requests wait (oo_req) and are all served', async () => {
   const gated = gatedDisk(createRamDisk({ size: 1 << 20 }));
   const p = pair({ backing: gated, maxInFlight: 2 });
-  const rs = Array.from({ length: 6 }, (_, i) => p.queue({ operation: BLKIF_OP_WRITE, sectorNumber: i * 8, segs: fullSegs([p.page(i)]) }));
+  // Gaps between the writes, so that each is a call of its own (adjacent ones would merge).
+  const rs = Array.from({ length: 6 }, (_, i) => p.queue({ operation: BLKIF_OP_WRITE, sectorNumber: i * 16, segs: fullSegs([p.page(i)]) }));
   p.push();
   await until(() => gated.inFlight === 2, 'two issued');
   for (let i = 0; i < 20; i++) await tick();

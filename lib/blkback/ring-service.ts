@@ -13,8 +13,8 @@
 //   BLKIF_RSP_EOPNOTSUPP; the response carries the request's id and, for INDIRECT, indirect_op
 //   as the operation (blkfront checks it).
 // - Writes, flushes, barriers and discards on a read-only disk fail (xen_vbd_translate); a
-//   range past the end or wrapping fails; on a 4096-byte-sector disk a request whose start or
-//   segment lengths are not whole logical sectors fails ("Misaligned I/O").
+//   range past the end or wrapping fails; on a 4096-byte-sector disk a request with data whose
+//   start or segment lengths are not whole logical sectors fails ("Misaligned I/O").
 // - Grants are mapped read-only for writes (we only read the guest's pages) and writable for
 //   reads, unless persistent (always writable, reused for both directions); a grant that
 //   cannot be mapped fails the request. Grants are unmapped before the response is published,
@@ -463,7 +463,9 @@ export class RingService {
     const n = req.nrSegments;
     let nsect = 0;
     const align = this.vbd.sectorSize / BLKIF_SECTOR_SIZE - 1;
-    if ((req.sectorNumber & align) !== 0) return BLKIF_RSP_ERROR;
+    // Linux dispatch_rw_block_io checks alignment per segment (start | segment length), so a
+    // flush or barrier without data is never refused for its sector_number, which means nothing.
+    if (n > 0 && (req.sectorNumber & align) !== 0) return BLKIF_RSP_ERROR;
     for (let i = 0; i < n; i++) {
       const len = req.segLast[i]! - req.segFirst[i]! + 1;
       if ((len & align) !== 0) return BLKIF_RSP_ERROR;

@@ -291,6 +291,7 @@ test('read-only disk refuses writes, flushes and discards; 4096-byte sectors ref
   assert.equal((await q.submit({ operation: BLKIF_OP_WRITE, sectorNumber: 4, segs: fullSegs([q.page(1)]) })).status, BLKIF_RSP_ERROR, 'start not on a 4 KiB sector');
   assert.equal((await q.submit({ operation: BLKIF_OP_WRITE, sectorNumber: 8, segs: [{ page: q.page(1), first: 0, last: 3 }] })).status, BLKIF_RSP_ERROR, 'half a sector');
   assert.equal((await q.submit({ operation: BLKIF_OP_DISCARD, sectorNumber: 8, nrSectors: 4 })).status, BLKIF_RSP_ERROR);
+  assert.equal((await q.submit({ operation: BLKIF_OP_FLUSH_DISKCACHE, sectorNumber: 3 })).status, BLKIF_RSP_OKAY, 'a flush without data: sector_number means nothing (Linux checks alignment per segment)');
   assert.equal((await q.submit({ operation: BLKIF_OP_WRITE, sectorNumber: 8, segs: fullSegs([q.page(1)]) })).status, BLKIF_RSP_OKAY);
   assert.equal(big.data[4096], 1);
   await closeAndCheckClean(q);

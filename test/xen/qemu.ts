@@ -17,6 +17,9 @@ const XEN_CMDLINE = 'console=com1 com1=115200,8n1 dom0_mem=1024M,max:1024M loglv
 /** dom0 Linux's command line; loglevel=4 keeps kernel chatter from cutting into the markers. */
 const DOM0_CMDLINE = 'console=hvc0 earlyprintk=xen root=/dev/vda loglevel=4';
 
+/** Time allowed from QEMU's start to dom0's XENBLK-BOOTED (~25-30 s normally, 2-3x that on a busy machine). */
+export const BOOT_ALLOWANCE_S = 300;
+
 export interface BootOptions {
   readonly images: Images;
   /** The per-run directory: shared read-write with dom0 as xenblk-run; serial.log goes here. */

@@ -19,15 +19,13 @@ import type { Images } from './images.ts';
 import { buildInitramfs } from './initramfs.ts';
 import { parseMarker } from './markers.ts';
 import type { Marker } from './markers.ts';
-import { boot } from './qemu.ts';
+import { BOOT_ALLOWANCE_S, boot } from './qemu.ts';
 import { TESTS } from './tests.ts';
 import type { XenTest } from './tests.ts';
 
 const HERE = dirname(fileURLToPath(import.meta.url));
 const REPO = resolve(HERE, '../..');
 
-/** Time allowed from QEMU's start to dom0's XENBLK-BOOTED (~25-30 s normally, 2-3x that on a busy machine). */
-const BOOT_ALLOWANCE_S = 300;
 
 const say = (line: string): void => {
   process.stdout.write(`${line}\n`);

@@ -1,0 +1,116 @@
+#!/bin/bash
+# dom0 side of the real-Xen benchmark (test/xen/bench.ts boots it as boot.sh's one "test"). One
+# backing file serves one Linux PV domU twice at once:
+#   xvda: Linux's xen-blkback on a loop device over the file (direct I/O: no dom0 page cache)
+#   xvdb: xenblk's blkback, `node dist/xenblk.mjs serve FILE --xen` (O_DIRECT on this ext4),
+#         hot-plugged under backend/xenblk/ so that xen-blkback, which claims every directory
+#         under backend/vbd/, leaves it alone (Linux blkfront follows the frontend's backend key)
+# The domU (test/xen/domu/bench.sh) runs every job on both disks in turn; its BENCH lines are
+# copied to $XENBLK_RUN/bench.results as they come (the host shows progress and parses them),
+# along with NOTE lines on what was negotiated. Settings: $XENBLK_RUN/bench.env (XB_* below).
+. "$XENBLK_REPO/test/xen/dom0/lib.sh"
+# shellcheck source=/dev/null
+. "$XENBLK_RUN/bench.env"
+
+DOMU=xb-bench
+img=$XENBLK_WORK/disk.img
+results=$XENBLK_RUN/bench.results
+slog=$XENBLK_RUN/logs/xen-bench.serve.log
+loop=
+serve=
+cleanup() {
+	[ -n "$serve" ] && kill -9 "$serve" 2>/dev/null
+	xl domid "$DOMU" >/dev/null 2>&1 && timeout 60 xl destroy "$DOMU"
+	[ -n "$loop" ] && losetup -d "$loop"
+	rmmod xen-blkback 2>/dev/null
+}
+trap cleanup EXIT
+: >"$results"
+# collect: the notes so far and the domU's BENCH lines, replacing the results file in one rename.
+collect() {
+	{
+		grep '^NOTE ' "$results"
+		domu_console $DOMU | sed -n 's/^XENBLK-DOMU \(BENCH .*\)$/\1/p'
+	} >"$results.tmp"
+	mv "$results.tmp" "$results"
+}
+result_note() {
+	note "$*"
+	echo "NOTE $*" >>"$results"
+}
+
+modprobe xen-blkback || fail "modprobe xen-blkback"
+# A file of real blocks (not sparse: holes read back without touching the disk), its first
+# MiB random so that the domU can tell both disks are this file.
+t0=$SECONDS
+dd if=/dev/zero of="$img" bs=1M count="$XB_MIB" conv=fsync status=none || fail "cannot make $img"
+dd if=/dev/urandom of="$img" bs=1M count=1 conv=notrunc,fsync status=none || fail "cannot write $img"
+md5=$(md5 "$img" 0 1)
+sync
+echo 3 >/proc/sys/vm/drop_caches
+loop=$(losetup -f --show --direct-io=on "$img") || fail "losetup $img"
+dio=$(cat "/sys/block/${loop#/dev/}/loop/dio" 2>/dev/null)
+result_note "backing file: $XB_MIB MiB on dom0's ext4 (virtio disk), made in $((SECONDS - t0)) s; loop direct I/O: ${dio:-?}"
+
+DOMU_MEMORY=512 domu_start $DOMU bench "phy:$loop,xvda,w,script=$XENBLK_HOTPLUG" \
+	disks=linux-blkback:xvda,xenblk:xvdb jobs="$XB_JOBS" reps="$XB_REPS" secs="$XB_SECS" \
+	ramp="$XB_RAMP" warm="$XB_WARM" md5="$md5" wait=180
+domid=$(xl domid $DOMU) || fail "no domid for $DOMU"
+"$XENBLK_NODE" dist/xenblk.mjs serve "$img" --domid "$domid" --vdev xvdb --xen --kind xenblk >"$slog" 2>&1 &
+serve=$!
+note "xenblk serve started (pid $serve) for domain $domid"
+
+# What each frontend negotiated, once both are connected.
+fe=/local/domain/$domid/device/vbd
+shown=
+t0=$SECONDS
+while ! domu_console $DOMU | grep -q '^XENBLK-DOMU EXIT '; do
+	if [ -z "$shown" ] && [ "$(xenstore-read "$fe/51712/state" 2>/dev/null)" = 4 ] && [ "$(xenstore-read "$fe/51728/state" 2>/dev/null)" = 4 ]; then
+		for dev in 51712:linux-blkback 51728:xenblk; do
+			p=$fe/${dev%%:*}
+			be=$(xenstore-read "$p/backend")
+			result_note "${dev#*:}: backend $be; ring-page-order $(xenstore-read "$p/ring-page-order" 2>/dev/null || echo 0), persistent $(xenstore-read "$p/feature-persistent" 2>/dev/null || echo -), backend offers max-ring-page-order $(xenstore-read "$be/max-ring-page-order" 2>/dev/null || echo -), indirect $(xenstore-read "$be/feature-max-indirect-segments" 2>/dev/null || echo -)"
+		done
+		shown=1
+		result_note "both disks connected $((SECONDS - t0)) s after xenblk serve started"
+	fi
+	collect
+	[ $((SECONDS - t0)) -ge "$XB_LIMIT" ] && fail "the domU did not finish within $XB_LIMIT s"
+	xl domid $DOMU >/dev/null 2>&1 || fail "domU $DOMU is gone before its workload finished"
+	kill -0 "$serve" 2>/dev/null || { cat "$slog"; fail "xenblk serve exited during the benchmark"; }
+	sleep 2
+done
+collect
+domu_console $DOMU | grep -v '^XENBLK-DOMU BENCH ' | sed 's/^/domU| /'
+result_note "engine: $(domu_value $DOMU engine); domU workload took $((SECONDS - t0)) s"
+rc=$(domu_value $DOMU EXIT)
+[ "$rc" = 0 ] || fail "the domU benchmark failed (status $rc)"
+domu_console $DOMU | sed -n 's/^XENBLK-DOMU dmesg \[[^]]*\] \(blkfront: .*\)$/\1/p' | while read -r l; do result_note "$l"; done
+# What xenblk served with, and its own per-disk counters (as xen-blkback's sysfs statistics).
+grep -E 'serving |queue\(s\) of' "$slog" | sed 's/^xenblk serve: //' | while read -r l; do result_note "xenblk serve: $l"; done
+"$XENBLK_NODE" dist/xenblk.mjs stats 2>&1 | while read -r l; do result_note "xenblk stats: $l"; done
+# Where dom0's CPU went (clock ticks of user + system time, /proc/PID/stat fields 14-15): the
+# xenblk serve process (all its threads) against Linux's per-ring blkback kernel thread (named
+# "<domid>.<dev>-<ring>" by xen-blkback xenbus.c, "blkback.<domid>.<dev>" in older kernels); the
+# loop device's own work is not in the latter. Then serve's CPU time over 5 idle seconds: near
+# zero unless it polls.
+hz=$(getconf CLK_TCK)
+cpu_s() { awk -v hz="$hz" '{ printf "%.1f", ($14 + $15) / hz }' "/proc/$1/stat"; }
+kthread=$(ps -eo pid=,comm= | awk -v d="$domid" '$2 ~ ("^(blkback\\.)?" d "\\.xvda") { print $1; exit }')
+sysfs=/sys/bus/xen-backend/devices/vbd-$domid-51712/statistics
+kreq=$(($(cat "$sysfs/rd_req" 2>/dev/null || echo 0) + $(cat "$sysfs/wr_req" 2>/dev/null || echo 0)))
+kcpu='?'
+[ -n "$kthread" ] && kcpu=$(cpu_s "$kthread")
+scpu=$(cpu_s "$serve")
+result_note "dom0 CPU over the run: xenblk serve $scpu s; Linux blkback thread $kcpu s for $kreq requests (sysfs rd_req + wr_req)"
+sleep 5
+result_note "xenblk serve while idle: $(awk -v a="$scpu" -v b="$(cpu_s "$serve")" 'BEGIN { printf "%.1f", b - a }') s of CPU in 5 s"
+
+kill -TERM "$serve"
+for _ in $(seq 1 60); do kill -0 "$serve" 2>/dev/null || break; sleep 1; done
+wait "$serve"
+src=$?
+serve=
+cat "$slog"
+[ "$src" = 0 ] || fail "xenblk serve exited with $src"
+domu_destroy $DOMU

@@ -184,9 +184,6 @@ export async function runXenBench(o: XenBenchOptions): Promise<XenBenchResult> {
     result = await boot({
       images,
       runDir,
-      repo: REPO,
-      nodeDir: dirname(nodeBin),
-      bootTimeoutMs: BOOT_ALLOWANCE_S * 1000,
       timeoutMs: limit * 1000,
       onMarker: (m, at) => {
         if (m.kind === 'booted') o.log(`dom0 up after ${at.toFixed(1)} s`);

@@ -5,8 +5,9 @@
 // so every boot starts from the pristine image. The console arrives on QEMU's stdout; it is
 // kept in serial.log and read for markers as it comes.
 import { spawn } from 'node:child_process';
-import { createWriteStream } from 'node:fs';
-import { join } from 'node:path';
+import { createWriteStream, realpathSync } from 'node:fs';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import type { Images } from './images.ts';
 import { parseMarker } from './markers.ts';
 import type { Marker } from './markers.ts';
@@ -24,12 +25,12 @@ export interface BootOptions {
   readonly images: Images;
   /** The per-run directory: shared read-write with dom0 as xenblk-run; serial.log goes here. */
   readonly runDir: string;
-  /** The repository, shared read-only as xenblk-repo. */
-  readonly repo: string;
-  /** The directory of the host's node binary, shared read-only as xenblk-node. */
-  readonly nodeDir: string;
-  /** Kill QEMU when dom0 has not printed XENBLK-BOOTED after this long. */
-  readonly bootTimeoutMs: number;
+  /** The repository, shared read-only as xenblk-repo (default: this one). */
+  readonly repo?: string;
+  /** The directory of the host's node binary, shared read-only as xenblk-node (default: the running node's). */
+  readonly nodeDir?: string;
+  /** Kill QEMU when dom0 has not printed XENBLK-BOOTED after this long (default BOOT_ALLOWANCE_S). */
+  readonly bootTimeoutMs?: number;
   /** Kill QEMU when the run has not ended after this long. */
   readonly timeoutMs: number;
   /** Called for each marker, with seconds since QEMU started. */
@@ -75,15 +76,16 @@ export function qemuArgs(opts: BootOptions): string[] {
     '-initrd', `${images.dom0Kernel} ${DOM0_CMDLINE},${images.dom0Initrd}`,
     '-drive', `file=${images.dom0Disk},if=virtio,format=raw,snapshot=on`,
     ...share(opts.runDir, 'xenblk-run', false),
-    ...share(opts.repo, 'xenblk-repo', true),
+    ...share(opts.repo ?? resolve(dirname(fileURLToPath(import.meta.url)), '../..'), 'xenblk-repo', true),
     ...share(images.share, 'xenblk-cache', true),
-    ...share(opts.nodeDir, 'xenblk-node', true),
+    ...share(opts.nodeDir ?? dirname(realpathSync(process.execPath)), 'xenblk-node', true),
   ];
 }
 
 /** `boot(opts)` runs one boot to its end (dom0 reboots after the last test) and is what it said. */
 export function boot(opts: BootOptions): Promise<BootResult> {
   const serialLog = join(opts.runDir, 'serial.log');
+  const bootTimeoutMs = opts.bootTimeoutMs ?? BOOT_ALLOWANCE_S * 1000;
   const log = createWriteStream(serialLog);
   const markers: Marker[] = [];
   const t0 = Date.now();
@@ -110,8 +112,8 @@ export function boot(opts: BootOptions): Promise<BootResult> {
   }, opts.timeoutMs);
   const bootDeadline = setTimeout(() => {
     timedOut = true;
-    stop(`dom0 not up after ${Math.round(opts.bootTimeoutMs / 1000)} s`);
-  }, opts.bootTimeoutMs);
+    stop(`dom0 not up after ${Math.round(bootTimeoutMs / 1000)} s`);
+  }, bootTimeoutMs);
   const lastLines: string[] = [];
   const onSignal = (): void => stop('harness interrupted');
   process.once('SIGINT', onSignal);

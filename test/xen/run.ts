@@ -149,9 +149,6 @@ async function main(argv: string[]): Promise<number> {
     const result = await boot({
       images,
       runDir,
-      repo: REPO,
-      nodeDir: dirname(nodeBin),
-      bootTimeoutMs: BOOT_ALLOWANCE_S * 1000,
       timeoutMs: limit * 1000,
       onMarker: (m, at) => {
         if (m.kind === 'booted') say(`  dom0 up after ${at.toFixed(1)} s`);

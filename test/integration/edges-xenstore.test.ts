@@ -5,11 +5,11 @@
 // write nothing to stdout, and create nothing (no ring published, no grant, no port).
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { bundleCli, removeCliBundle, runCli } from '../support/cli-bundle.ts';
+import type { CliRun } from '../support/cli-bundle.ts';
 import { startSim } from '../../lib/sim/start.ts';
 import type { SimHandle } from '../../lib/sim/start.ts';
 import { attachSim } from '../../lib/sim/attach.ts';
@@ -17,45 +17,19 @@ import type { SimHost } from '../../lib/sim/attach.ts';
 import type { XsPermission } from '../../protocol/xs-wire.ts';
 import { resolveDevice } from '../../protocol/device-number.ts';
 
-const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 /** How long a refused command may take to give up: a hang detector, not a measurement. */
 const GIVE_UP_MS = 20_000;
-let buildDir = '';
 let bundle = '';
 
 before(() => {
-  fs.mkdirSync(path.join(ROOT, 'test/.build'), { recursive: true });
-  buildDir = fs.mkdtempSync(path.join(ROOT, 'test/.build/edges-xs-'));
-  bundle = path.join(buildDir, 'xenblk.mjs');
-  const r = spawnSync('npm', ['run', '-s', 'build', '--', `--outfile=${bundle}`], { cwd: ROOT, encoding: 'utf8' });
-  assert.equal(r.status, 0, `npm run build failed (run npm ci first):\n${r.stdout}\n${r.stderr}`);
+  bundle = bundleCli('edges-xs');
 });
 
 after(() => {
-  if (buildDir !== '') fs.rmSync(buildDir, { recursive: true, force: true });
+  removeCliBundle(bundle);
 });
 
-interface Run { code: number | null; signal: string | null; stdout: string; stderr: string; hung: boolean }
-
-function cli(args: string[], ms: number): Promise<Run> {
-  return new Promise((resolve) => {
-    const p = spawn(process.execPath, [bundle, ...args], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    let hung = false;
-    p.stdout.on('data', (b: Buffer) => { stdout += b.toString(); });
-    p.stderr.on('data', (b: Buffer) => { stderr += b.toString(); });
-    const timer = setTimeout(() => {
-      hung = true;
-      p.kill('SIGTERM');
-      setTimeout(() => p.kill('SIGKILL'), 5000).unref();
-    }, ms);
-    p.on('exit', (code, signal) => {
-      clearTimeout(timer);
-      setImmediate(() => resolve({ code, signal, stdout, stderr, hung }));
-    });
-  });
-}
+const cli = (args: string[], ms: number): Promise<CliRun> => runCli(bundle, args, ms);
 
 interface World { dir: string; dom0: SimHost; guest: SimHost; image: string }
 

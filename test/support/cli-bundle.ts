@@ -2,7 +2,7 @@
 // package's own build script (esbuild, koffi kept external). The bundle goes to the git-ignored
 // test/.build inside the repo so `koffi` resolves from node_modules, under a name unique to the
 // calling process so concurrent test files never race on dist/ or on each other.
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -23,4 +23,32 @@ export function bundleCli(tag: string): string {
 /** `removeCliBundle(bundle)` deletes a bundle made by bundleCli. */
 export function removeCliBundle(bundle: string): void {
   if (bundle !== '') fs.rmSync(bundle, { force: true });
+}
+
+/** What a run of the bundled CLI printed and how it ended. */
+export interface CliRun { code: number | null; signal: string | null; stdout: string; stderr: string; hung: boolean }
+
+/**
+ * `runCli(bundle, args, ms)` runs a bundle made by bundleCli; one still running after `ms` is
+ * stopped (SIGTERM, then SIGKILL) and reported as hung (a hang detector, not a measurement).
+ */
+export function runCli(bundle: string, args: readonly string[], ms = 30_000): Promise<CliRun> {
+  return new Promise((resolve) => {
+    const p = spawn(process.execPath, [bundle, ...args], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    let hung = false;
+    p.stdout.on('data', (b: Buffer) => { stdout += b.toString(); });
+    p.stderr.on('data', (b: Buffer) => { stderr += b.toString(); });
+    const timer = setTimeout(() => {
+      hung = true;
+      p.kill('SIGTERM');
+      setTimeout(() => p.kill('SIGKILL'), 5000).unref();
+    }, ms);
+    p.on('exit', (code, signal) => {
+      clearTimeout(timer);
+      // Let the pipes drain.
+      setImmediate(() => resolve({ code, signal, stdout, stderr, hung }));
+    });
+  });
 }

@@ -6,30 +6,12 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
-import os from 'node:os';
-import path from 'node:path';
-import { readStatus, startSim, type SimHandle } from '../../lib/sim/start.ts';
-import { SimChild } from './sim-driver.ts';
+import { readStatus } from '../../lib/sim/start.ts';
+import { pollUntil, simWithChildren } from './sim-driver.ts';
+import type { SimWithChildren } from './sim-driver.ts';
 
-async function env(t: { after: (fn: () => Promise<void> | void) => void }): Promise<{ dir: string; sim: SimHandle; child(): SimChild }> {
-  const dir = fs.mkdtempSync(path.join(fs.existsSync('/dev/shm') ? '/dev/shm' : os.tmpdir(), 'xenblk-gnttab-'));
-  const sim = await startSim({ dir });
-  const children: SimChild[] = [];
-  t.after(async () => {
-    for (const c of children) await c.kill('SIGKILL');
-    await sim.stop();
-    fs.rmSync(dir, { recursive: true, force: true });
-  });
-  return { dir, sim, child: () => { const c = SimChild.spawn(); children.push(c); return c; } };
-}
-
-async function until(f: () => Promise<boolean>, what: string): Promise<void> {
-  for (let i = 0; ; i++) {
-    if (await f()) return;
-    if (i > 3000) throw new Error(`never happened: ${what}`);
-    await new Promise((r) => setTimeout(r, 10));
-  }
-}
+const env = (t: { after: (fn: () => Promise<void> | void) => void }): Promise<SimWithChildren> => simWithChildren(t, 'gnttab');
+const until = pollUntil;
 
 test('2,000 map/unmap cycles of 11 grants: right content every time, nothing leaks', { timeout: 120_000 }, async (t) => {
   const e = await env(t);

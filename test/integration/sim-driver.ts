@@ -1,7 +1,11 @@
 // Parent side of sim-child.ts: spawn a simulated domain process and drive it command by command.
 import { spawn, type ChildProcess } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
 import readline from 'node:readline';
 import { fileURLToPath } from 'node:url';
+import { startSim, type SimHandle } from '../../lib/sim/start.ts';
 
 /** What a child reports when a command failed. */
 export interface ChildError {
@@ -86,5 +90,34 @@ export class SimChild {
   async kill(signal: NodeJS.Signals = 'SIGTERM'): Promise<void> {
     if (this.proc.exitCode === null && this.proc.signalCode === null) this.proc.kill(signal);
     await this.exited;
+  }
+}
+
+/** A simulator of the test's own and a factory of domain processes, all stopped when the test ends. */
+export interface SimWithChildren {
+  readonly dir: string;
+  readonly sim: SimHandle;
+  child(): SimChild;
+}
+
+/** `simWithChildren(t, tag)` starts a simulator in a fresh directory; `child()` spawns a domain process in it. */
+export async function simWithChildren(t: { after: (fn: () => Promise<void> | void) => void }, tag: string): Promise<SimWithChildren> {
+  const dir = fs.mkdtempSync(path.join(fs.existsSync('/dev/shm') ? '/dev/shm' : os.tmpdir(), `xenblk-${tag}-`));
+  const sim = await startSim({ dir });
+  const children: SimChild[] = [];
+  t.after(async () => {
+    for (const c of children) await c.kill('SIGKILL');
+    await sim.stop();
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+  return { dir, sim, child: () => { const c = SimChild.spawn(); children.push(c); return c; } };
+}
+
+/** `pollUntil(f, what)` polls `f` every 10 ms; it fails after ~30 s (a hang bound, not a measurement). */
+export async function pollUntil(f: () => Promise<boolean>, what: string): Promise<void> {
+  for (let i = 0; ; i++) {
+    if (await f()) return;
+    if (i > 3000) throw new Error(`never happened: ${what}`);
+    await new Promise((r) => setTimeout(r, 10));
   }
 }

@@ -13,7 +13,7 @@ import {
 import { FdWatch } from '../native/fd-watch.ts';
 import { NativeError, O, errno, errnoName, fail, libc } from '../native/libc.ts';
 import { ioctl } from '../native/ioctl.ts';
-import { dispatchEvent } from './dispatch.ts';
+import { addHandler, dispatchEvent } from './dispatch.ts';
 
 const EAGAIN = 11;
 const EINTR = 4;
@@ -45,11 +45,7 @@ class LinuxEventChannel implements EventChannel {
 
   onEvent(handler: () => void): void {
     if (!this.open) throw new EvtchnError('EINVAL', 'read', this.remoteDomid, this.localPort, 'channel is closed');
-    this.handlers.push(handler);
-    if (this.undelivered) {
-      this.undelivered = false;
-      setImmediate(() => { if (this.open) this.owner.dispatch(this); });
-    }
+    addHandler(this, handler);
   }
 
   close(): void {

@@ -24,7 +24,7 @@ import { FdWatch } from '../native/fd-watch.ts';
 import { drainFifo, openFifoReader, openFifoWriter, ringFifo } from '../native/fifo.ts';
 import { libc, NativeError } from '../native/libc.ts';
 import { Mapping } from '../native/memory.ts';
-import { dispatchEvent } from './dispatch.ts';
+import { addHandler, dispatchEvent } from './dispatch.ts';
 
 /** The daemon calls SimEventChannels makes; each throws EvtchnError when refused. */
 export interface SimEvtchnHypervisor {
@@ -92,11 +92,7 @@ class SimEventChannel implements EventChannel {
 
   onEvent(handler: () => void): void {
     if (!this.open) throw new EvtchnError('EINVAL', 'read', this.remoteDomid, this.localPort, 'channel is closed');
-    this.handlers.push(handler);
-    if (this.undelivered) {
-      this.undelivered = false;
-      setImmediate(() => { if (this.open) this.owner.dispatch(this); });
-    }
+    addHandler(this, handler);
   }
 
   close(): void {

@@ -1,27 +1,28 @@
 // The limit of the full-stack benchmark: the same backing file read and written directly, in a
-// process of its own like the frontend, by the same Node I/O calls the raw-file backend makes
-// (FileHandle.readv / writev at a position, on libuv's threadpool), at the same queue depth,
-// with O_DIRECT when the backend uses it. Run as a worker (framework/worker.ts):
-//   open {path, direct} -> {}
+// process of its own like the frontend, through the very I/O engine blkback serves it with
+// (lib/backends/raw-file.ts: O_DIRECT when the filesystem allows it, Linux AIO on it, libuv's
+// threadpool otherwise), at the same queue depth. So the ratio is what the ring, the grants,
+// the event channels and the two extra processes cost, not a difference of I/O engines.
+// Run as a worker (framework/worker.ts):
+//   open {path, direct} -> {aio}
 //   run {workload} -> WorkloadResult
-import { constants as fsc, promises as fsp } from 'node:fs';
-import type { FileHandle } from 'node:fs/promises';
+import { openRawFile, type RawFileDisk } from '../lib/backends/raw-file.ts';
 import { runWorkload, type IoTarget, type Workload } from './framework/workload.ts';
 import { serveWorker } from './framework/worker.ts';
 
-let fh: FileHandle | undefined;
+let disk: RawFileDisk | undefined;
 let target: IoTarget | undefined;
 
 serveWorker(
   {
     open: async (a: { path: string; direct: boolean }) => {
-      const h = await fsp.open(a.path, fsc.O_RDWR | (a.direct ? fsc.O_DIRECT : 0));
-      fh = h;
+      const d = await openRawFile(a.path, { direct: a.direct ? 'on' : 'off' });
+      disk = d;
       target = {
-        read: (off, buf) => h.readv([buf], off),
-        write: (off, buf) => h.writev([buf], off),
+        read: (off, buf) => d.read(off, [buf]),
+        write: (off, buf) => d.write(off, [buf]),
       };
-      return {};
+      return { aio: d.aio };
     },
     run: (a: { workload: Workload }) => {
       if (target === undefined) throw new Error('run before open');
@@ -29,6 +30,6 @@ serveWorker(
     },
   },
   async () => {
-    await fh?.close();
+    await disk?.close();
   },
 );

@@ -1,9 +1,10 @@
 // Benchmark 3, the full stack on the simulated host: fio-like workloads through
 // blkfront -> ring -> blkback -> raw file (three processes: a guest running lib/blkfront,
 // bench/stack-front.ts; dom0 running lib/blkback, bench/stack-back.ts; the simulator's
-// daemon), against the limit: the same backing file read and written directly by the same
-// Node I/O calls the raw-file backend makes, at the same queue depth, in a process of its own
-// (bench/stack-direct.ts). Both sides run the same engine (framework/workload.ts).
+// daemon), against the limit: the same backing file read and written directly through the same
+// I/O engine the backend uses (lib/backends/raw-file.ts), at the same queue depth, in a process
+// of its own (bench/stack-direct.ts). Both sides run the same workload engine
+// (framework/workload.ts).
 //
 // Page cache: the backend opens the file O_DIRECT when the filesystem allows it (ext4, xfs:
 // yes; tmpfs: no) and the direct side then does too, so neither is served from dom0's page
@@ -141,7 +142,9 @@ export const stackBench: Bench = {
       await attach(DEFAULT_VDEV, {});
       const disks = await back.call<{ backing: string }[]>('disks');
       const oDirect = disks.every((d) => d.backing.includes('O_DIRECT'));
-      await direct.call('open', { path: file, direct: oDirect });
+      const { aio } = await direct.call<{ aio: boolean }>('open', { path: file, direct: oDirect });
+      const engines = disks.map((d) => d.backing.includes('Linux AIO'));
+      ctx.note(`stack: I/O engine: ${aio ? 'Linux AIO' : 'libuv threadpool'} on the direct side, ${engines.every((e) => e === aio) ? 'the same' : 'NOT the same'} in blkback`);
       const cache = oDirect
         ? 'both sides O_DIRECT: no dom0 page cache on either (a cache below this VM\'s disk, if any, serves both alike)'
         : `O_DIRECT refused by ${fsInfo.type}: both sides buffered, so the page cache serves both (${FILE_BYTES / MiB} MiB file < free memory)`;
@@ -160,7 +163,7 @@ export const stackBench: Bench = {
           {
             name: `stack.${j.id}`,
             unit: unitOf(j),
-            limit: 'same file directly (FileHandle readv/writev)',
+            limit: 'same file directly (same raw-file I/O engine)',
             ...(j.goal !== undefined ? { goal: j.goal } : {}),
             better: 'higher',
             note: `${j.pattern === 'rand' ? 'random' : 'sequential'} ${j.op}s of ${j.bs / KiB} KiB, ${j.qd} in flight, ${ms} ms per sample, over the ${FILE_BYTES / MiB} MiB file`,

@@ -71,6 +71,7 @@ export const xenBench: Bench = {
       warmupSeconds: ctx.quick ? 0 : WARMUP_SECONDS,
       diskMiB: DISK_MIB,
       log: ctx.log,
+      profileDir: ctx.profileDir,
     });
     for (const j of jobs) {
       const per = r.samples.get(j.id);

@@ -52,6 +52,18 @@ export const libc = {
   connect: lib.func('int connect(int fd, const void *addr, uint32_t len)') as (fd: number, addr: Uint8Array, len: number) => number,
   getpid: lib.func('int getpid(void)') as () => number,
   /** fallocate(2) (e.g. FALLOC_FL_PUNCH_HOLE for discard); `.async(...)` runs it on koffi's worker thread. */
+  // Linux AIO (io_setup(2) and friends) has no glibc wrapper: these are syscall(2) with fixed
+  // prototypes; glibc's syscall() only moves registers, so a fixed prototype calls it exactly as
+  // a variadic one would on x86_64 and arm64. The first argument is the syscall number (SYS below).
+  /** io_setup(nr_events, aio_context_t *ctxp). */
+  ioSetup: lib.func('syscall', 'long', ['long', 'uint', 'void *']) as (nr: number, events: number, ctxp: Uint8Array) => number,
+  /** io_destroy(ctx). */
+  ioDestroy: lib.func('syscall', 'long', ['long', 'uint64_t']) as (nr: number, ctx: number) => number,
+  /** io_submit(ctx, n, struct iocb **iocbpp). */
+  ioSubmit: lib.func('syscall', 'long', ['long', 'uint64_t', 'long', 'void *']) as (nr: number, ctx: number, n: number, iocbpp: Uint8Array) => number,
+  /** io_getevents(ctx, min_nr, nr, struct io_event *events, struct timespec *timeout). */
+  ioGetevents: lib.func('syscall', 'long', ['long', 'uint64_t', 'long', 'long', 'void *', 'void *']) as
+    (nr: number, ctx: number, min: number, max: number, events: Uint8Array, timeout: Uint8Array) => number,
   fallocate: lib.func('int fallocate(int fd, int mode, int64_t offset, int64_t len)') as ((fd: number, mode: number, offset: number, len: number) => number) & {
     async(fd: number, mode: number, offset: number, len: number, cb: (err: unknown, res: number) => void): void;
   },
@@ -65,6 +77,10 @@ export const PROT = { NONE: 0, READ: 1, WRITE: 2 } as const;
 export const MAP = { SHARED: 0x01, PRIVATE: 0x02, FIXED: 0x10, ANONYMOUS: 0x20, NORESERVE: 0x4000 } as const;
 export const EFD = { NONBLOCK: 0o4000, CLOEXEC: 0o2000000 } as const;
 export const AF_UNIX = 1;
+/** Syscall numbers of Linux AIO (arch/x86/entry/syscalls/syscall_64.tbl; asm-generic/unistd.h for arm64). */
+export const SYS = process.arch === 'arm64'
+  ? { io_setup: 0, io_destroy: 1, io_submit: 2, io_getevents: 4 } as const
+  : { io_setup: 206, io_destroy: 207, io_submit: 209, io_getevents: 208 } as const;
 export const SOCK = { STREAM: 1, NONBLOCK: 0o4000, CLOEXEC: 0o2000000 } as const;
 
 const ERRNO_NAMES = new Map<number, string>();
@@ -99,6 +115,11 @@ export function fail(syscall: string, subject?: string): NativeError {
 /** `addressOf(ptr)` is a koffi pointer's address as a number (exact: user addresses are < 2^47). */
 export function addressOf(ptr: unknown): number {
   return Number(koffi.address(ptr));
+}
+
+/** `bufferAddress(b)` is the address of `b`'s first byte (for structures the kernel reads, e.g. an iocb's buffer). */
+export function bufferAddress(b: Uint8Array): number {
+  return Number(koffi.address(b));
 }
 
 /** `isMapFailed(ptr)` is whether an mmap result is MAP_FAILED ((void *)-1). */

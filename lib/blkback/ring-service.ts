@@ -63,6 +63,7 @@ import type { BlockBackend } from '../backends/block-backend.ts';
 import { BackendError } from '../backends/block-backend.ts';
 import type { PersistentGrant } from './persistent-grants.ts';
 import { PersistentGrantCache, DEFAULT_MAX_PERSISTENT_GRANTS } from './persistent-grants.ts';
+import { turnNow } from './turn-clock.ts';
 import type { VbdStats } from './stats.ts';
 
 /** What a ring needs to know about its disk; shared by the rings of one disk and updated on resize. */
@@ -325,7 +326,7 @@ export class RingService {
     }
     this.inFlightCount++;
     this.stats.inFlight++;
-    s.start = performance.now();
+    s.start = turnNow();
     return s;
   }
 
@@ -718,7 +719,7 @@ export class RingService {
     this.releaseGrants(s);
     const req = s.req;
     if (status !== BLKIF_RSP_OKAY) this.stats.errors++;
-    this.stats.recordLatency(performance.now() - s.start);
+    this.stats.recordLatency(turnNow() - s.start);
     if (!this.closed) {
       const rsp = this.rsp;
       rsp.idLo = req.idLo;

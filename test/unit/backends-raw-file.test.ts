@@ -41,6 +41,7 @@ test('raw file: vectored writes and reads match the file bytes, O_DIRECT on ext4
   pattern(4096, 2).copy(b);
   await disk.write(65536, [a, b]);
   if (disk.direct) assert.equal(disk.directFallbacks, 0, 'aligned memory needs no buffered fallback');
+  if (disk.direct) assert.ok(disk.aio, 'O_DIRECT I/O goes through Linux AIO');
   const onDisk = readFileSync(path);
   assert.deepEqual(onDisk.subarray(65536, 65536 + 12288), Buffer.concat([a, b]));
 

@@ -57,6 +57,8 @@ export interface XenBenchOptions {
   /** Size of the backing file. */
   readonly diskMiB: number;
   readonly log: (line: string) => void;
+  /** Where to put a V8 CPU profile of `xenblk serve` in dom0 (bench --profile), or undefined. */
+  readonly profileDir?: string | undefined;
 }
 
 export interface XenBenchResult {
@@ -130,6 +132,7 @@ function prepareRun(o: XenBenchOptions, kernelRelease: string, modulesDir: strin
       `XB_RAMP=${o.rampSeconds}`,
       `XB_WARM=${o.warmupSeconds}`,
       `XB_LIMIT=${limit}`,
+      `XB_PROFILE=${o.profileDir !== undefined ? 1 : 0}`,
       '',
     ].join('\n'),
   );
@@ -196,6 +199,8 @@ export async function runXenBench(o: XenBenchOptions): Promise<XenBenchResult> {
     clearInterval(timer);
   }
   progress();
+  const prof = join(runDir, 'prof', 'xen-serve.cpuprofile');
+  if (o.profileDir !== undefined && existsSync(prof)) copyFileSync(prof, join(o.profileDir, 'xen-serve.cpuprofile'));
 
   const { samples, notes } = parseResults(existsSync(resultsFile) ? readFileSync(resultsFile, 'utf8') : '', o.jobs);
   const res = result.markers.find((m) => m.kind === 'result');

@@ -56,7 +56,16 @@ DOMU_MEMORY=512 domu_start $DOMU bench "phy:$loop,xvda,w,script=$XENBLK_HOTPLUG"
 	disks=linux-blkback:xvda,xenblk:xvdb jobs="$XB_JOBS" reps="$XB_REPS" secs="$XB_SECS" \
 	ramp="$XB_RAMP" warm="$XB_WARM" md5="$md5" wait=180
 domid=$(xl domid $DOMU) || fail "no domid for $DOMU"
-"$XENBLK_NODE" dist/xenblk.mjs serve "$img" --domid "$domid" --vdev xvdb --xen --kind xenblk >"$slog" 2>&1 &
+# With XB_PROFILE=1 (bench --profile) serve records a V8 CPU profile into $XENBLK_RUN/prof/
+# (sampled every 4 ms: at the default 1 ms the sampling thread took as much CPU as serve),
+# written when it exits on SIGTERM below; the host summarises it with the other profiles.
+nodeopts=
+if [ "${XB_PROFILE:-0}" = 1 ]; then
+	mkdir -p "$XENBLK_RUN/prof"
+	nodeopts="--cpu-prof --cpu-prof-interval=4000 --cpu-prof-dir=$XENBLK_RUN/prof --cpu-prof-name=xen-serve.cpuprofile"
+fi
+# shellcheck disable=SC2086
+"$XENBLK_NODE" $nodeopts dist/xenblk.mjs serve "$img" --domid "$domid" --vdev xvdb --xen --kind xenblk >"$slog" 2>&1 &
 serve=$!
 note "xenblk serve started (pid $serve) for domain $domid"
 
@@ -103,6 +112,14 @@ kcpu='?'
 [ -n "$kthread" ] && kcpu=$(cpu_s "$kthread")
 scpu=$(cpu_s "$serve")
 result_note "dom0 CPU over the run: xenblk serve $scpu s; Linux blkback thread $kcpu s for $kreq requests (sysfs rd_req + wr_req)"
+# Which of serve's threads spent it (main: the JavaScript event loop; libuv-worker: preadv/pwritev
+# of the thread pool; V8 threads: compiler and GC helpers), with context switches: a thread that
+# is woken per request shows it there.
+threads=$(for t in /proc/"$serve"/task/*; do
+	awk -v hz="$hz" '{ c = ($14 + $15) / hz; if (c >= 0.05) printf "%s %.1f s, ", $2, c }' "$t/stat"
+done)
+result_note "xenblk serve threads: ${threads%, }"
+result_note "xenblk serve context switches: $(awk '/^(non)?voluntary_ctxt_switches/ { printf "%s %s ", $1, $2 }' "/proc/$serve/status")"
 sleep 5
 result_note "xenblk serve while idle: $(awk -v a="$scpu" -v b="$(cpu_s "$serve")" 'BEGIN { printf "%.1f", b - a }') s of CPU in 5 s"
 

@@ -298,6 +298,16 @@ function checkSpan(bytes: Uint8Array, off: number, size: number, what: string): 
   }
 }
 
+/**
+ * Zeroes [from, to) with the typed-array fill: when `bytes` is a Node Buffer (a mapped ring
+ * usually is), its own fill() is Buffer.prototype.fill, which validates its arguments in
+ * JavaScript first and showed as ~8% of the ring benchmark's frontend time.
+ */
+const u8Fill = Uint8Array.prototype.fill;
+function zeroFill(bytes: Uint8Array, from: number, to: number): void {
+  u8Fill.call(bytes, 0, from, to);
+}
+
 /** Zeroes the few padding bytes [from, to) with plain stores (cheaper than a fill call for < 8 bytes). */
 function zeroSmall(bytes: Uint8Array, from: number, to: number): void {
   for (let i = from; i < to; i++) bytes[i] = 0;
@@ -480,7 +490,7 @@ export function encodeRequest(abi: BlkifAbi, bytes: Uint8Array, off: number, req
         bytes[s + 6] = 0; // struct blkif_request_segment: 2 bytes of padding after last_sect
         bytes[s + 7] = 0;
       }
-      bytes.fill(0, seg + m * SEG_SIZE, end); // unused segments
+      zeroFill(bytes, seg + m * SEG_SIZE, end); // unused segments
       return;
     }
     case BLKIF_OP_DISCARD:
@@ -492,7 +502,7 @@ export function encodeRequest(abi: BlkifAbi, bytes: Uint8Array, off: number, req
       wr16(bytes, off + OFF_HANDLE, req.handle);
       wr64(bytes, off + L.discardSector, req.sectorNumber);
       wr64(bytes, off + L.discardNrSectors, req.nrSectors);
-      bytes.fill(0, off + L.discardNrSectors + 8, end); // past struct blkif_request_discard
+      zeroFill(bytes, off + L.discardNrSectors + 8, end); // past struct blkif_request_discard
       return;
     case BLKIF_OP_INDIRECT: {
       const n = req.nrSegments;
@@ -509,13 +519,13 @@ export function encodeRequest(abi: BlkifAbi, bytes: Uint8Array, off: number, req
       const need = (n + BLKIF_SEGS_PER_INDIRECT_FRAME - 1) >>> 9;
       const pages = need < BLKIF_MAX_INDIRECT_PAGES_PER_REQUEST ? need : BLKIF_MAX_INDIRECT_PAGES_PER_REQUEST;
       for (let i = 0; i < pages; i++) wr32(bytes, g + 4 * i, req.indirectGrefs[i]!);
-      bytes.fill(0, g + 4 * pages, end); // unused grefs and the tail of the entry
+      zeroFill(bytes, g + 4 * pages, end); // unused grefs and the tail of the entry
       return;
     }
     default:
       // Only operation and id are set.
       zeroSmall(bytes, off + 1, off + 4);
-      bytes.fill(0, off + L.id + 8, end);
+      zeroFill(bytes, off + L.id + 8, end);
       return;
   }
 }

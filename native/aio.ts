@@ -12,7 +12,7 @@
 // it for their O_DIRECT descriptor only. Anything the kernel refuses at submission (EINVAL for
 // memory O_DIRECT cannot use, EAGAIN) is reported to the I/O's callback like a failed completion,
 // and the caller falls back to its synchronous path.
-import { EFD, NativeError, SYS, bufferAddress, errno, errnoName, fail, libc } from './libc.ts';
+import { EFD, NativeError, SYS, bufferAddress, errno, errnoName, fail, libc, viewAt } from './libc.ts';
 import { FdWatch } from './fd-watch.ts';
 
 /** aio_abi.h: struct iocb is 64 bytes; fields at these offsets (little-endian layout). */
@@ -46,6 +46,22 @@ const SETTLED = Promise.resolve();
 const EINTR = 4;
 const EAGAIN = 11;
 
+/** fs/aio.c struct aio_ring, in u32 words: id, nr, head, tail, magic, compat and incompat features, header length, then the events. */
+const AIO_RING = { nr: 1, head: 2, tail: 3, magic: 4, incompat: 6, headerLength: 7, events: 8 } as const;
+const AIO_RING_MAGIC = 0xa10a10a1;
+
+/** `completionRing(ctx)` is a view of the completion ring at address `ctx`, or undefined when its header is not the one fs/aio.c documents. */
+function completionRing(ctx: number): Uint32Array | undefined {
+  try {
+    const head = new Uint32Array(viewAt(ctx, 32));
+    if (head[AIO_RING.magic] !== AIO_RING_MAGIC || head[AIO_RING.incompat] !== 0 || head[AIO_RING.headerLength] !== 32) return undefined;
+    const nr = head[AIO_RING.nr]!;
+    return new Uint32Array(viewAt(ctx, 32 + nr * IO_EVENT.size));
+  } catch {
+    return undefined;
+  }
+}
+
 /** What an I/O ended with: bytes transferred (>= 0) or -errno. */
 export type AioCallback = (res: number) => void;
 
@@ -57,14 +73,21 @@ export class AioContext {
   private readonly iocbs: Buffer;
   private readonly iocbBase: number;
   private readonly ptrs: Buffer;
+  private readonly ptrWords: Uint32Array;
   private readonly events: Buffer;
+  private readonly eventWords: Uint32Array;
   private readonly noWait = Buffer.alloc(16);
   private readonly counter = Buffer.alloc(8);
   private readonly free: number[] = [];
   private readonly callbacks: (AioCallback | undefined)[];
   /** The caller's buffers of each I/O in flight, referenced until it completes. */
   private readonly held: (readonly Uint8Array[] | undefined)[];
-  private readonly iovecs: (Buffer | undefined)[];
+  private readonly iovecs: (Uint32Array | undefined)[];
+  private readonly iovecAddr: number[];
+  private readonly words: Uint32Array;
+  /** The kernel's completion ring, when it has the layout we know; else io_getevents. */
+  private readonly ring: Uint32Array | undefined;
+  private readonly done: number[];
   private pending: number[] = [];
   private flushQueued = false;
   private inFlight = 0;
@@ -88,13 +111,24 @@ export class AioContext {
     this.iocbs = Buffer.alloc(capacity * IOCB.size);
     this.iocbBase = bufferAddress(this.iocbs);
     this.ptrs = Buffer.alloc(capacity * 8);
+    this.ptrWords = new Uint32Array(this.ptrs.buffer, this.ptrs.byteOffset, capacity * 2);
     this.events = Buffer.alloc(capacity * IO_EVENT.size);
+    this.eventWords = new Uint32Array(this.events.buffer, this.events.byteOffset, this.events.byteLength / 4);
     this.callbacks = new Array<AioCallback | undefined>(capacity).fill(undefined);
     this.held = new Array<readonly Uint8Array[] | undefined>(capacity).fill(undefined);
-    this.iovecs = new Array<Buffer | undefined>(capacity).fill(undefined);
+    this.iovecs = new Array<Uint32Array | undefined>(capacity).fill(undefined);
+    this.iovecAddr = new Array<number>(capacity).fill(0);
+    this.words = new Uint32Array(this.iocbs.buffer, this.iocbs.byteOffset, this.iocbs.byteLength / 4);
     for (let i = capacity - 1; i >= 0; i--) this.free.push(i);
+    this.ring = completionRing(this.ctx);
+    this.done = new Array<number>(2 * capacity).fill(0);
     this.watch = new FdWatch(efd, () => this.reap());
     this.watch.unref();
+  }
+
+  /** `userReap` is whether completions are taken from the shared ring without io_getevents. */
+  get userReap(): boolean {
+    return this.ring !== undefined;
   }
 
   /** `busy` is how many I/Os are queued or in flight. */
@@ -111,36 +145,52 @@ export class AioContext {
     if (this.closed || buffers.length === 0) return false;
     const slot = this.free.pop();
     if (slot === undefined) return false;
-    const b = this.iocbs;
-    const at = slot * IOCB.size;
-    b.fill(0, at, at + IOCB.size);
-    b.writeUInt32LE(slot, at + IOCB.data);
-    b.writeUInt32LE(fd, at + IOCB.fildes);
-    b.writeUInt32LE(offset % 0x100000000, at + IOCB.offset);
-    b.writeUInt32LE(Math.floor(offset / 0x100000000), at + IOCB.offset + 4);
-    b.writeUInt32LE(IOCB_FLAG_RESFD, at + IOCB.flags);
-    b.writeUInt32LE(this.efd, at + IOCB.resfd);
+    // The iocb is written through a Uint32Array: Buffer's write methods check their arguments
+    // in JavaScript, which the real-Xen profile showed as a tenth of the backend's time.
+    const w = this.words;
+    const at = slot * (IOCB.size / 4);
+    for (let i = at; i < at + IOCB.size / 4; i++) w[i] = 0;
+    w[at + IOCB.data / 4] = slot;
+    w[at + IOCB.fildes / 4] = fd;
+    w[at + IOCB.offset / 4] = offset % 0x100000000;
+    w[at + IOCB.offset / 4 + 1] = Math.floor(offset / 0x100000000);
+    w[at + IOCB.flags / 4] = IOCB_FLAG_RESFD;
+    w[at + IOCB.resfd / 4] = this.efd;
+    let buf: number;
+    let nbytes: number;
+    let opcode: number;
     if (buffers.length === 1) {
       const one = buffers[0]!;
-      b.writeUInt16LE(write ? IOCB_CMD.PWRITE : IOCB_CMD.PREAD, at + IOCB.opcode);
-      writeU64(b, at + IOCB.buf, addressOf(one));
-      writeU64(b, at + IOCB.nbytes, one.byteLength);
+      opcode = write ? IOCB_CMD.PWRITE : IOCB_CMD.PREAD;
+      buf = addressOf(one);
+      nbytes = one.byteLength;
     } else {
       // The kernel copies the iovec array during io_submit (aio_setup_rw); it is kept per slot
       // only to reuse its memory.
       let iov = this.iovecs[slot];
-      if (iov === undefined || iov.length < buffers.length * IOVEC_SIZE) {
-        iov = Buffer.alloc(Math.max(buffers.length, 16) * IOVEC_SIZE);
+      if (iov === undefined || iov.length < buffers.length * (IOVEC_SIZE / 4)) {
+        iov = new Uint32Array(Math.max(buffers.length, 16) * (IOVEC_SIZE / 4));
         this.iovecs[slot] = iov;
+        this.iovecAddr[slot] = bufferAddress(new Uint8Array(iov.buffer, iov.byteOffset, iov.byteLength));
       }
       for (let i = 0; i < buffers.length; i++) {
-        writeU64(iov, i * IOVEC_SIZE, addressOf(buffers[i]!));
-        writeU64(iov, i * IOVEC_SIZE + 8, buffers[i]!.byteLength);
+        const a = addressOf(buffers[i]!);
+        const o = i * (IOVEC_SIZE / 4);
+        iov[o] = a % 0x100000000;
+        iov[o + 1] = Math.floor(a / 0x100000000);
+        iov[o + 2] = buffers[i]!.byteLength;
+        iov[o + 3] = 0;
       }
-      b.writeUInt16LE(write ? IOCB_CMD.PWRITEV : IOCB_CMD.PREADV, at + IOCB.opcode);
-      writeU64(b, at + IOCB.buf, addressOf(iov));
-      writeU64(b, at + IOCB.nbytes, buffers.length);
+      opcode = write ? IOCB_CMD.PWRITEV : IOCB_CMD.PREADV;
+      buf = this.iovecAddr[slot]!;
+      nbytes = buffers.length;
     }
+    // aio_lio_opcode (u16) and aio_reqprio (s16, 0) share one little-endian word.
+    w[at + IOCB.opcode / 4] = opcode;
+    w[at + IOCB.buf / 4] = buf % 0x100000000;
+    w[at + IOCB.buf / 4 + 1] = Math.floor(buf / 0x100000000);
+    w[at + IOCB.nbytes / 4] = nbytes % 0x100000000;
+    w[at + IOCB.nbytes / 4 + 1] = Math.floor(nbytes / 0x100000000);
     this.callbacks[slot] = cb;
     this.held[slot] = buffers;
     if (this.inFlight++ === 0) this.watch.ref();
@@ -177,7 +227,12 @@ export class AioContext {
     if (list.length === 0 || this.closed) return;
     this.pending = [];
     const p = this.ptrs;
-    for (let i = 0; i < list.length; i++) writeU64(p, i * 8, this.iocbBase + list[i]! * IOCB.size);
+    const pw = this.ptrWords;
+    for (let i = 0; i < list.length; i++) {
+      const a = this.iocbBase + list[i]! * IOCB.size;
+      pw[2 * i] = a % 0x100000000;
+      pw[2 * i + 1] = Math.floor(a / 0x100000000);
+    }
     let i = 0;
     while (i < list.length) {
       const r = libc.ioSubmit(SYS.io_submit, this.ctx, list.length - i, i === 0 ? p : p.subarray(i * 8));
@@ -202,7 +257,12 @@ export class AioContext {
   private reap(): void {
     if (this.closed) return;
     libc.read(this.efd, this.counter, 8);
+    if (this.ring !== undefined) {
+      this.reapFromRing(this.ring);
+      return;
+    }
     const ev = this.events;
+    const ew = this.eventWords;
     for (;;) {
       const n = libc.ioGetevents(SYS.io_getevents, this.ctx, 0, this.capacity, ev, this.noWait);
       if (n < 0) {
@@ -211,9 +271,9 @@ export class AioContext {
         throw new NativeError('io_getevents', e, errnoName(e), `aio context ${this.ctx}`);
       }
       for (let i = 0; i < n; i++) {
-        const at = i * IO_EVENT.size;
-        const slot = ev.readUInt32LE(at + IO_EVENT.data);
-        const res = ev.readInt32LE(at + IO_EVENT.res + 4) * 0x100000000 + ev.readUInt32LE(at + IO_EVENT.res);
+        const at = i * (IO_EVENT.size / 4);
+        const slot = ew[at + IO_EVENT.data / 4]!;
+        const res = (ew[at + IO_EVENT.res / 4 + 1]! | 0) * 0x100000000 + ew[at + IO_EVENT.res / 4]!;
         const cb = this.callbacks[slot];
         if (cb === undefined) continue;
         this.release(slot);
@@ -223,16 +283,39 @@ export class AioContext {
     }
   }
 
+  /**
+   * Takes the finished I/Os straight from the completion ring the kernel shares with us (fs/aio.c
+   * struct aio_ring at the context's address: head, tail, then io_events), as fio's
+   * userspace_reap does, instead of an io_getevents per wake-up: read tail, copy the events out,
+   * publish the new head, then run the callbacks.
+   */
+  private reapFromRing(r: Uint32Array): void {
+    const nr = r[AIO_RING.nr]!;
+    let head = Atomics.load(r, AIO_RING.head);
+    const tail = Atomics.load(r, AIO_RING.tail);
+    if (head >= nr || tail >= nr) throw new NativeError('aio ring', 0, 'EIO', `head ${head} tail ${tail} of ${nr}`);
+    const done = this.done;
+    let n = 0;
+    while (head !== tail) {
+      const at = AIO_RING.events + head * (IO_EVENT.size / 4);
+      done[n++] = r[at + IO_EVENT.data / 4]!;
+      done[n++] = (r[at + IO_EVENT.res / 4 + 1]! | 0) * 0x100000000 + r[at + IO_EVENT.res / 4]!;
+      head = head + 1 === nr ? 0 : head + 1;
+    }
+    Atomics.store(r, AIO_RING.head, head);
+    for (let i = 0; i < n; i += 2) {
+      const slot = done[i]!;
+      const cb = this.callbacks[slot];
+      if (cb === undefined) continue;
+      this.release(slot);
+      cb(done[i + 1]!);
+    }
+  }
+
   private release(slot: number): void {
     this.callbacks[slot] = undefined;
     this.held[slot] = undefined;
     this.free.push(slot);
     if (--this.inFlight === 0 && !this.closed) this.watch.unref();
   }
-}
-
-/** Writes a non-negative integer below 2^53 as a little-endian u64. */
-function writeU64(b: Buffer, at: number, v: number): void {
-  b.writeUInt32LE(v % 0x100000000, at);
-  b.writeUInt32LE(Math.floor(v / 0x100000000), at + 4);
 }

@@ -31,25 +31,29 @@ interface PollAddon {
 /** Where the addon is, seen from this file (native/) or from the CLI bundle (dist/). */
 const ADDON_CANDIDATES = ['./addon/build/poll.node', '../native/addon/build/poll.node'];
 
-function loadAddon(): PollAddon | undefined {
-  if (process.env.XENBLK_POLL === 'koffi') return undefined;
+function loadAddon(): { addon?: PollAddon; why?: string } {
+  if (process.env.XENBLK_POLL === 'koffi') return { why: 'XENBLK_POLL=koffi' };
   const req = createRequire(import.meta.url);
   for (const c of ADDON_CANDIDATES) {
     const p = fileURLToPath(new URL(c, import.meta.url));
     if (!existsSync(p)) continue;
     try {
-      return req(p) as PollAddon;
-    } catch {
+      return { addon: req(p) as PollAddon };
+    } catch (e) {
       // Built for another Node or machine: koffi serves.
+      return { why: `${p}: ${(e as Error).message}` };
     }
   }
-  return undefined;
+  return { why: 'native/addon/build/poll.node not built' };
 }
 
-const addon = loadAddon();
+const loaded = loadAddon();
+const addon = loaded.addon;
 
 /** `pollImplementation` is which uv_poll source FdWatch uses: our addon or koffi. */
 export const pollImplementation: 'addon' | 'koffi' = addon !== undefined ? 'addon' : 'koffi';
+/** `pollDescription` says which one, and why not the addon when it is koffi. */
+export const pollDescription = addon !== undefined ? 'poll addon' : `koffi.node.poll (${loaded.why ?? '?'})`;
 
 function addonPoll(a: PollAddon, fd: number, cb: (status: number) => void): KoffiPollHandle {
   const w = a.start(fd, cb);

@@ -12,6 +12,7 @@ import { Blkback } from '../../lib/blkback/backend.ts';
 import type { BlkbackLimits } from '../../lib/blkback/handshake.ts';
 import { serveControl, defaultControlDir } from '../../lib/blkback/control.ts';
 import { openBackend } from '../../lib/backends/open.ts';
+import { pollDescription } from '../../native/fd-watch.ts';
 import { ToolstackError, createVbd, removeVbd, vbdPaths, waitForDomain } from '../../lib/toolstack/vbd.ts';
 import type { VbdPaths } from '../../lib/toolstack/vbd.ts';
 import { parseArgs } from '../args.ts';
@@ -220,7 +221,7 @@ export async function run(argv: string[]): Promise<number> {
     control = await serveControl(defaultControlDir(), () => ({
       pid: process.pid, host: host.kind, backendDomid: host.domid, startedAt, disks: b.disks(),
     }));
-    say(`serving ${params} as ${p.vdev} (${p.devid}) to domain ${a.domid}${a.readonly ? ' read-only' : ''} on ${host.kind === 'sim' ? 'the simulator' : 'Xen'}; Ctrl-C to stop`);
+    say(`serving ${params} as ${p.vdev} (${p.devid}) to domain ${a.domid}${a.readonly ? ' read-only' : ''} on ${host.kind === 'sim' ? 'the simulator' : 'Xen'}; events through ${pollDescription}; Ctrl-C to stop`);
 
     // Until a signal, or until the disk's directory disappears (the frontend domain died and
     // its devices were removed, or an operator removed it).

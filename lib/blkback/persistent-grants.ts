@@ -7,7 +7,8 @@
 // Here eviction happens on demand: inserting into a full cache unmaps the least recently used
 // grant not in use; if every cached grant is in use the new mapping is not cached and the
 // caller unmaps it after the request, as Linux maps a grant non-persistently when the tree is
-// full. A Map keeps insertion order, so "touch" (delete + set) keeps it in LRU order.
+// full. Recency is a use stamp per grant (one store per use, where re-inserting into the Map
+// cost two hash operations per segment); eviction, rare, scans for the oldest idle stamp.
 import type { GrantMapper, MappedGrants } from '../../gnttab/gnttab.ts';
 
 /** Linux xen-blkback's default max_persistent_grants per ring. */
@@ -19,6 +20,8 @@ export interface PersistentGrant {
   readonly mapping: MappedGrants;
   /** Requests currently using it; it is never evicted while > 0. */
   users: number;
+  /** When it was last used (the cache's use counter). */
+  used: number;
 }
 
 /** The per-ring cache of persistently mapped grants. */
@@ -26,6 +29,7 @@ export class PersistentGrantCache {
   private readonly grants = new Map<number, PersistentGrant>();
   /** Grants evicted since the cache was created. */
   evictions = 0;
+  private uses = 0;
 
   constructor(
     private readonly mapper: GrantMapper,
@@ -41,8 +45,7 @@ export class PersistentGrantCache {
   acquire(gref: number): PersistentGrant | undefined {
     const g = this.grants.get(gref);
     if (g === undefined) return undefined;
-    this.grants.delete(gref);
-    this.grants.set(gref, g);
+    g.used = ++this.uses;
     g.users++;
     return g;
   }
@@ -54,7 +57,7 @@ export class PersistentGrantCache {
   insert(gref: number, mapping: MappedGrants): PersistentGrant | undefined {
     if (this.grants.has(gref)) return undefined;
     if (this.grants.size >= this.max && !this.evictOne()) return undefined;
-    const g: PersistentGrant = { gref, mapping, users: 1 };
+    const g: PersistentGrant = { gref, mapping, users: 1, used: ++this.uses };
     this.grants.set(gref, g);
     return g;
   }
@@ -85,14 +88,14 @@ export class PersistentGrantCache {
   }
 
   private evictOne(): boolean {
+    let oldest: PersistentGrant | undefined;
     for (const g of this.grants.values()) {
-      if (g.users === 0) {
-        this.grants.delete(g.gref);
-        this.mapper.unmap(g.mapping);
-        this.evictions++;
-        return true;
-      }
+      if (g.users === 0 && (oldest === undefined || g.used < oldest.used)) oldest = g;
     }
-    return false;
+    if (oldest === undefined) return false;
+    this.grants.delete(oldest.gref);
+    this.mapper.unmap(oldest.mapping);
+    this.evictions++;
+    return true;
   }
 }

@@ -56,13 +56,15 @@ DOMU_MEMORY=512 domu_start $DOMU bench "phy:$loop,xvda,w,script=$XENBLK_HOTPLUG"
 	disks=linux-blkback:xvda,xenblk:xvdb jobs="$XB_JOBS" reps="$XB_REPS" secs="$XB_SECS" \
 	ramp="$XB_RAMP" warm="$XB_WARM" md5="$md5" wait=180
 domid=$(xl domid $DOMU) || fail "no domid for $DOMU"
-# With XB_PROFILE=1 (bench --profile) serve records a V8 CPU profile into $XENBLK_RUN/prof/
-# (sampled every 4 ms: at the default 1 ms the sampling thread took as much CPU as serve),
-# written when it exits on SIGTERM below; the host summarises it with the other profiles.
+# With XB_PROFILE=1 (bench --profile) serve records a V8 CPU profile of the workload only
+# (test/xen/bench/profile-hook.mjs: started by SIGUSR2 once both disks are connected, written by
+# the next SIGUSR2 when the domU is done) into $XENBLK_RUN/prof/, sampled every 4 ms (at 1 ms
+# the sampling thread took as much CPU as serve); the host summarises it with the others.
 nodeopts=
 if [ "${XB_PROFILE:-0}" = 1 ]; then
 	mkdir -p "$XENBLK_RUN/prof"
-	nodeopts="--cpu-prof --cpu-prof-interval=4000 --cpu-prof-dir=$XENBLK_RUN/prof --cpu-prof-name=xen-serve.cpuprofile"
+	nodeopts="--import $XENBLK_REPO/test/xen/bench/profile-hook.mjs"
+	export XENBLK_PROFILE_OUT=$XENBLK_RUN/prof/xen-serve.cpuprofile
 fi
 # shellcheck disable=SC2086
 "$XENBLK_NODE" $nodeopts dist/xenblk.mjs serve "$img" --domid "$domid" --vdev xvdb --xen --kind xenblk >"$slog" 2>&1 &
@@ -82,6 +84,7 @@ while ! domu_console $DOMU | grep -q '^XENBLK-DOMU EXIT '; do
 		done
 		shown=1
 		result_note "both disks connected $((SECONDS - t0)) s after xenblk serve started"
+		if [ "${XB_PROFILE:-0}" = 1 ]; then kill -USR2 "$serve"; fi
 	fi
 	collect
 	[ $((SECONDS - t0)) -ge "$XB_LIMIT" ] && fail "the domU did not finish within $XB_LIMIT s"
@@ -90,6 +93,10 @@ while ! domu_console $DOMU | grep -q '^XENBLK-DOMU EXIT '; do
 	sleep 2
 done
 collect
+if [ "${XB_PROFILE:-0}" = 1 ]; then
+	kill -USR2 "$serve"
+	for _ in $(seq 1 30); do [ -s "$XENBLK_PROFILE_OUT" ] && break; sleep 1; done
+fi
 domu_console $DOMU | grep -v '^XENBLK-DOMU BENCH ' | sed 's/^/domU| /'
 result_note "engine: $(domu_value $DOMU engine); domU workload took $((SECONDS - t0)) s"
 rc=$(domu_value $DOMU EXIT)

@@ -127,8 +127,12 @@ export class LinuxEventChannels implements EventChannels {
     return ch;
   }
 
+  /** The channels one wake-up fired, reused from wake-up to wake-up. */
+  private readonly fired: LinuxEventChannel[] = [];
+
   private onReadable(): void {
-    const fired: LinuxEventChannel[] = [];
+    const fired = this.fired;
+    fired.length = 0;
     for (;;) {
       const n = libc.read(this.fd, this.rbuf, this.rbuf.length);
       if (n < 0) {
@@ -146,6 +150,15 @@ export class LinuxEventChannels implements EventChannels {
       }
       if (n < this.rbuf.length) break;
     }
-    for (const ch of fired) if (ch.open) this.dispatch(ch);
+    // A handler may close channels or wake this again: deliver from a copy only when several fired.
+    if (fired.length === 1) {
+      const ch = fired[0]!;
+      fired.length = 0;
+      if (ch.open) this.dispatch(ch);
+      return;
+    }
+    const all = fired.slice();
+    fired.length = 0;
+    for (const ch of all) if (ch.open) this.dispatch(ch);
   }
 }

@@ -130,10 +130,22 @@ interface Slot {
   readonly segLen: Int32Array;
   /** The I/O vector handed to the backend, reused (the slot is the request's until it completes). */
   readonly iov: Buffer[];
+  /** Completion callbacks of a plain read or write, bound once per slot (no closure per request). */
+  readonly rwDone: () => void;
+  readonly rwFailed: (e: unknown) => void;
 }
 
-/** Largest merged read or write (bytes): 4 MiB, a few of Linux's usual max_sectors_kb. */
-const MERGE_MAX_BYTES = 4 << 20;
+/** `backingStatus(e)` is the blkif status for a failed backing call (Linux: -EOPNOTSUPP gives BLKIF_RSP_EOPNOTSUPP). */
+function backingStatus(e: unknown): number {
+  return e instanceof BackendError && e.code === 'EOPNOTSUPP' ? BLKIF_RSP_EOPNOTSUPP : BLKIF_RSP_ERROR;
+}
+
+/**
+ * Largest merged read or write (bytes): 1280 KiB, Linux's default max_sectors_kb (block layer
+ * BLK_DEF_MAX_SECTORS_CAP, 2560 sectors), so that a 1 MiB operation of the guest merges whole
+ * but a burst of them is not held back until the slowest part of one large call completes.
+ */
+const MERGE_MAX_BYTES = 1280 << 10;
 /** Most buffers in one merged call (Linux IOV_MAX, the limit of preadv/pwritev). */
 const MERGE_MAX_IOV = 1024;
 
@@ -310,7 +322,7 @@ export class RingService {
     if (s === undefined) {
       // Slots are created on first need and reused: a ring that never has many requests in
       // flight never pays for 512 of them.
-      s = {
+      const slot: Slot = {
         req: newBlkifRequest(),
         start: 0,
         nsect: 0,
@@ -321,7 +333,10 @@ export class RingService {
         segOff: new Int32Array(Math.max(this.maxIndirect, 11)),
         segLen: new Int32Array(Math.max(this.maxIndirect, 11)),
         iov: [],
+        rwDone: () => this.rwDone(slot),
+        rwFailed: (e: unknown) => this.complete(slot, backingStatus(e)),
       };
+      s = slot;
       this.slots.push(s);
     }
     this.inFlightCount++;
@@ -390,7 +405,7 @@ export class RingService {
         bufs += s.req.nrSegments;
         end += s.nsect;
       }
-      if (j === i + 1) this.run(first, this.serveRw(first));
+      if (j === i + 1) this.startRw(first);
       else this.runMerged(list.slice(i, j));
       i = j;
     }
@@ -415,10 +430,23 @@ export class RingService {
         for (const s of run) this.complete(s, BLKIF_RSP_OKAY);
       },
       (e: unknown) => {
-        const status = e instanceof BackendError && e.code === 'EOPNOTSUPP' ? BLKIF_RSP_EOPNOTSUPP : BLKIF_RSP_ERROR;
+        const status = backingStatus(e);
         for (const s of run) this.complete(s, status);
       },
     );
+  }
+
+  /** Issues one plain read or write (not merged); its slot's callbacks complete it. */
+  private startRw(s: Slot): void {
+    const offset = s.req.sectorNumber * BLKIF_SECTOR_SIZE;
+    const p = s.req.dataOp === BLKIF_OP_READ ? this.backing.read(offset, this.iovec(s)) : this.backing.write(offset, this.iovec(s));
+    p.then(s.rwDone, s.rwFailed);
+  }
+
+  private rwDone(s: Slot): void {
+    if (s.req.dataOp === BLKIF_OP_READ) this.stats.rdSect += s.nsect;
+    else this.stats.wrSect += s.nsect;
+    this.complete(s, BLKIF_RSP_OKAY);
   }
 
   private countOp(req: BlkifRequest): void {

@@ -150,15 +150,6 @@ export class LinuxEventChannels implements EventChannels {
       }
       if (n < this.rbuf.length) break;
     }
-    // A handler may close channels or wake this again: deliver from a copy only when several fired.
-    if (fired.length === 1) {
-      const ch = fired[0]!;
-      fired.length = 0;
-      if (ch.open) this.dispatch(ch);
-      return;
-    }
-    const all = fired.slice();
-    fired.length = 0;
-    for (const ch of all) if (ch.open) this.dispatch(ch);
+    for (const ch of fired) if (ch.open) this.dispatch(ch);
   }
 }

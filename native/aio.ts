@@ -1,8 +1,9 @@
 // Linux native AIO (io_setup/io_submit/io_getevents, include/uapi/linux/aio_abi.h) for
 // O_DIRECT descriptors: every read and write queued during one synchronous pass of the caller
 // (blkback consuming a ring) goes to the kernel in a single io_submit, and completions come back
-// through one eventfd (IOCB_FLAG_RESFD) watched by the event loop, each wake reaping every
-// finished I/O with one io_getevents. This is how userspace block backends avoid a thread per
+// through one eventfd (IOCB_FLAG_RESFD) watched by the event loop, each wake taking every
+// finished I/O from the completion ring the kernel maps into the process (io_getevents where
+// that ring's layout is not the one we know). This is how userspace block backends avoid a thread per
 // request: tapdisk's tapdisk-queue and QEMU's linux-aio do the same. Compared with libuv's
 // threadpool (a futex wake, a thread switch and a completion write per I/O) it saves most
 // system calls per request, which is what costs most in a PV dom0, where each one traps
@@ -44,6 +45,18 @@ function addressOf(b: Uint8Array): number {
     if (Object.isExtensible(ab)) ab[BASE] = base;
   }
   return base + b.byteOffset;
+}
+
+/** Stores a non-negative integer below 2^53 as a little-endian u64 at word `at` of `w`. */
+function putU64(w: Uint32Array, at: number, v: number): void {
+  w[at] = v % 0x100000000;
+  w[at + 1] = Math.floor(v / 0x100000000);
+}
+
+/** The u32 `data` (our slot) and the s64 `res` of the io_event at word `at` of `w`, into `out` at `n`. */
+function takeEvent(w: Uint32Array, at: number, out: number[], n: number): void {
+  out[n] = w[at + IO_EVENT.data / 4]!;
+  out[n + 1] = (w[at + IO_EVENT.res / 4 + 1]! | 0) * 0x100000000 + w[at + IO_EVENT.res / 4]!;
 }
 
 /** Scheduling through a settled promise: queueMicrotask wraps each callback in an AsyncResource. */
@@ -158,8 +171,7 @@ export class AioContext {
     for (let i = at; i < at + IOCB.size / 4; i++) w[i] = 0;
     w[at + IOCB.data / 4] = slot;
     w[at + IOCB.fildes / 4] = fd;
-    w[at + IOCB.offset / 4] = offset % 0x100000000;
-    w[at + IOCB.offset / 4 + 1] = Math.floor(offset / 0x100000000);
+    putU64(w, at + IOCB.offset / 4, offset);
     w[at + IOCB.flags / 4] = IOCB_FLAG_RESFD;
     w[at + IOCB.resfd / 4] = this.efd;
     let buf: number;
@@ -180,12 +192,9 @@ export class AioContext {
         this.iovecAddr[slot] = bufferAddress(new Uint8Array(iov.buffer, iov.byteOffset, iov.byteLength));
       }
       for (let i = 0; i < buffers.length; i++) {
-        const a = addressOf(buffers[i]!);
         const o = i * (IOVEC_SIZE / 4);
-        iov[o] = a % 0x100000000;
-        iov[o + 1] = Math.floor(a / 0x100000000);
-        iov[o + 2] = buffers[i]!.byteLength;
-        iov[o + 3] = 0;
+        putU64(iov, o, addressOf(buffers[i]!));
+        putU64(iov, o + 2, buffers[i]!.byteLength);
       }
       opcode = write ? IOCB_CMD.PWRITEV : IOCB_CMD.PREADV;
       buf = this.iovecAddr[slot]!;
@@ -193,10 +202,8 @@ export class AioContext {
     }
     // aio_lio_opcode (u16) and aio_reqprio (s16, 0) share one little-endian word.
     w[at + IOCB.opcode / 4] = opcode;
-    w[at + IOCB.buf / 4] = buf % 0x100000000;
-    w[at + IOCB.buf / 4 + 1] = Math.floor(buf / 0x100000000);
-    w[at + IOCB.nbytes / 4] = nbytes % 0x100000000;
-    w[at + IOCB.nbytes / 4 + 1] = Math.floor(nbytes / 0x100000000);
+    putU64(w, at + IOCB.buf / 4, buf);
+    putU64(w, at + IOCB.nbytes / 4, nbytes);
     this.callbacks[slot] = cb;
     this.held[slot] = buffers;
     if (this.inFlight++ === 0) this.watch.ref();
@@ -234,11 +241,7 @@ export class AioContext {
     this.pending = [];
     const p = this.ptrs;
     const pw = this.ptrWords;
-    for (let i = 0; i < list.length; i++) {
-      const a = this.iocbBase + list[i]! * IOCB.size;
-      pw[2 * i] = a % 0x100000000;
-      pw[2 * i + 1] = Math.floor(a / 0x100000000);
-    }
+    for (let i = 0; i < list.length; i++) putU64(pw, 2 * i, this.iocbBase + list[i]! * IOCB.size);
     let i = 0;
     while (i < list.length) {
       const r = libc.ioSubmit(SYS.io_submit, this.ctx, list.length - i, i === 0 ? p : p.subarray(i * 8));
@@ -276,15 +279,8 @@ export class AioContext {
         if (e === EINTR) continue;
         throw new NativeError('io_getevents', e, errnoName(e), `aio context ${this.ctx}`);
       }
-      for (let i = 0; i < n; i++) {
-        const at = i * (IO_EVENT.size / 4);
-        const slot = ew[at + IO_EVENT.data / 4]!;
-        const res = (ew[at + IO_EVENT.res / 4 + 1]! | 0) * 0x100000000 + ew[at + IO_EVENT.res / 4]!;
-        const cb = this.callbacks[slot];
-        if (cb === undefined) continue;
-        this.release(slot);
-        cb(res);
-      }
+      for (let i = 0; i < n; i++) takeEvent(ew, i * (IO_EVENT.size / 4), this.done, 2 * i);
+      this.deliver(2 * n);
       if (n < this.capacity) return;
     }
   }
@@ -303,12 +299,17 @@ export class AioContext {
     const done = this.done;
     let n = 0;
     while (head !== tail) {
-      const at = AIO_RING.events + head * (IO_EVENT.size / 4);
-      done[n++] = r[at + IO_EVENT.data / 4]!;
-      done[n++] = (r[at + IO_EVENT.res / 4 + 1]! | 0) * 0x100000000 + r[at + IO_EVENT.res / 4]!;
+      takeEvent(r, AIO_RING.events + head * (IO_EVENT.size / 4), done, n);
+      n += 2;
       head = head + 1 === nr ? 0 : head + 1;
     }
     Atomics.store(r, AIO_RING.head, head);
+    this.deliver(n);
+  }
+
+  /** Runs the callbacks of the first `n / 2` (slot, result) pairs taken into `done`. */
+  private deliver(n: number): void {
+    const done = this.done;
     for (let i = 0; i < n; i += 2) {
       const slot = done[i]!;
       const cb = this.callbacks[slot];

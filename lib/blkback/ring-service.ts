@@ -380,8 +380,9 @@ export class RingService {
           this.complete(s, status);
           return;
         }
-        if (req.operation !== BLKIF_OP_FLUSH_DISKCACHE && (req.dataOp === BLKIF_OP_READ || req.dataOp === BLKIF_OP_WRITE)) this.plugged.push(s);
-        else this.run(s, this.serveRw(s));
+        // What decodes and reaches here is READ, WRITE, INDIRECT (of a READ or WRITE) or FLUSH.
+        if (req.operation === BLKIF_OP_FLUSH_DISKCACHE) this.run(s, this.serveFlush(s));
+        else this.plugged.push(s);
       }
     }
   }
@@ -415,19 +416,12 @@ export class RingService {
   /** Serves adjacent plugged requests of one direction with one backing call; each gets its status. */
   private runMerged(run: Slot[]): void {
     const iov: Buffer[] = [];
-    let nsect = 0;
-    for (const s of run) {
-      for (const b of this.iovec(s)) iov.push(b);
-      nsect += s.nsect;
-    }
+    for (const s of run) for (const b of this.iovec(s)) iov.push(b);
     const offset = run[0]!.req.sectorNumber * BLKIF_SECTOR_SIZE;
-    const read = run[0]!.req.dataOp === BLKIF_OP_READ;
     this.stats.merged += run.length - 1;
-    (read ? this.backing.read(offset, iov) : this.backing.write(offset, iov)).then(
+    (run[0]!.req.dataOp === BLKIF_OP_READ ? this.backing.read(offset, iov) : this.backing.write(offset, iov)).then(
       () => {
-        if (read) this.stats.rdSect += nsect;
-        else this.stats.wrSect += nsect;
-        for (const s of run) this.complete(s, BLKIF_RSP_OKAY);
+        for (const s of run) this.rwDone(s);
       },
       (e: unknown) => {
         const status = backingStatus(e);
@@ -467,7 +461,7 @@ export class RingService {
     const s = this.barrier;
     if (s === undefined || this.barrierState !== WAITING || this.inFlightCount !== 1) return;
     this.barrierState = RUNNING;
-    this.run(s, this.serveRw(s));
+    this.run(s, this.serveFlush(s));
   }
 
   private run(s: Slot, p: Promise<number>): void {
@@ -696,28 +690,19 @@ export class RingService {
     return iov;
   }
 
-  private async serveRw(s: Slot): Promise<number> {
+  /** Serves a FLUSH_DISKCACHE or WRITE_BARRIER: flush, then its data if any, then flush again. */
+  private async serveFlush(s: Slot): Promise<number> {
     const req = s.req;
-    const offset = req.sectorNumber * BLKIF_SECTOR_SIZE;
-    const isFlush = req.operation === BLKIF_OP_FLUSH_DISKCACHE || req.operation === BLKIF_OP_WRITE_BARRIER;
     try {
-      if (isFlush) {
-        if (this.vbd.flush) await this.backing.flush();
-        if (req.nrSegments > 0) {
-          await this.backing.write(offset, this.iovec(s));
-          this.stats.wrSect += s.nsect;
-          if (this.vbd.flush) await this.backing.flush();
-        }
-      } else if (req.dataOp === BLKIF_OP_READ) {
-        await this.backing.read(offset, this.iovec(s));
-        this.stats.rdSect += s.nsect;
-      } else {
-        await this.backing.write(offset, this.iovec(s));
+      if (this.vbd.flush) await this.backing.flush();
+      if (req.nrSegments > 0) {
+        await this.backing.write(req.sectorNumber * BLKIF_SECTOR_SIZE, this.iovec(s));
         this.stats.wrSect += s.nsect;
+        if (this.vbd.flush) await this.backing.flush();
       }
       return BLKIF_RSP_OKAY;
     } catch (e) {
-      return e instanceof BackendError && e.code === 'EOPNOTSUPP' ? BLKIF_RSP_EOPNOTSUPP : BLKIF_RSP_ERROR;
+      return backingStatus(e);
     }
   }
 
@@ -738,7 +723,7 @@ export class RingService {
       await this.backing.discard(start * BLKIF_SECTOR_SIZE, count * BLKIF_SECTOR_SIZE, { secure });
       return BLKIF_RSP_OKAY;
     } catch (e) {
-      return e instanceof BackendError && e.code === 'EOPNOTSUPP' ? BLKIF_RSP_EOPNOTSUPP : BLKIF_RSP_ERROR;
+      return backingStatus(e);
     }
   }
 

@@ -147,7 +147,7 @@ static napi_value start(napi_env env, napi_callback_info info)
 		napi_throw_error(env, "EBADF", "poll.start: uv_poll_init refused the descriptor");
 		return NULL;
 	}
-	*(struct watch **)handle = w; /* uv_handle_t.data, set after init (init clears nothing of it, but be sure) */
+	*(struct watch **)handle = w; /* uv_handle_t.data: on_poll and on_closed find the watch there */
 	napi_value name, ext;
 	if (napi_create_reference(env, argv[1], 1, &w->callback) != 0 || napi_create_string_utf8(env, "xenblk:poll", (size_t)-1, &name) != 0 ||
 	    napi_async_init(env, NULL, name, &w->async) != 0 || napi_create_external(env, w, NULL, NULL, &ext) != 0) {

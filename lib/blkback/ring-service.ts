@@ -35,14 +35,17 @@
 //   __do_block_io_op, and the block layer merges the adjacent bios), up to MERGE_MAX_BYTES and
 //   IOV_MAX buffers. Each request of a merged run is answered with the run's status, as a
 //   merged block request completes all its bios alike.
-// - Responses are written to the ring as requests complete but published (rsp_prod) and
-//   notified once per event-loop turn: completions arrive one by one from the I/O threads, and
-//   ring.h's RING_PUSH_RESPONSES_AND_CHECK_NOTIFY over a batch sends one event where one per
-//   response would wake the frontend for each.
+// - Each response is published (rsp_prod) as its request completes, and the frontend notified
+//   if it asked (ring.h RING_PUSH_RESPONSES_AND_CHECK_NOTIFY), as Linux's make_response does:
+//   rsp_event keeps it to one event per frontend wake-up, and a frontend woken by the first
+//   response of a batch of completions works on it while we answer the rest. Publishing once
+//   per event-loop turn instead made the ring move in lock-step batches; measured on the
+//   simulator, 4 KiB random reads at QD32 went from 0.70-0.78x to 0.82-0.89x of the direct
+//   figure (three alternating runs each).
 //
 // Allocation: decoding and responding reuse per-slot objects (the I/O vector too); what a
 // request allocates is what its I/O call needs (a view per run of segments that is not a whole
-// mapping, and the promise); what a batch of completions allocates is one setImmediate.
+// mapping, and the promise).
 import type { GrantMapper, MappedGrants } from '../../gnttab/gnttab.ts';
 import { PAGE_SIZE } from '../../gnttab/gnttab.ts';
 import type { EventChannel } from '../../evtchn/evtchn.ts';
@@ -186,12 +189,6 @@ export class RingService {
   private halted = false;
   private drainWaiters: (() => void)[] = [];
   private cacheCounted = 0;
-  /** A push of the responses written since the last one is scheduled (setImmediate). */
-  private pushScheduled = false;
-  private readonly pushLater = (): void => {
-    this.pushScheduled = false;
-    this.pushResponses();
-  };
 
   constructor(opts: RingServiceOptions) {
     this.abi = opts.abi;
@@ -740,10 +737,7 @@ export class RingService {
       rsp.operation = req.dataOp & 0xff;
       rsp.status = status;
       encodeResponse(this.abi, this.ring.buffer, nextResponseOffset(this.back), rsp);
-      if (!this.pushScheduled) {
-        this.pushScheduled = true;
-        setImmediate(this.pushLater);
-      }
+      this.pushResponses();
     }
     this.inFlightCount--;
     this.stats.inFlight--;
@@ -759,8 +753,6 @@ export class RingService {
       if (!this.draining) queueMicrotask(() => this.kick());
     }
     if (this.draining && this.inFlightCount === 0) {
-      // Publish now: whoever waits for the drain may close the ring before the scheduled push.
-      this.pushResponses();
       const w = this.drainWaiters;
       this.drainWaiters = [];
       for (const f of w) f();

@@ -11,12 +11,10 @@ import {
   encodeBindInterdomain, encodeBindUnboundPort, encodePort,
 } from './linux-ioctl.ts';
 import { FdWatch } from '../native/fd-watch.ts';
-import { NativeError, O, errno, errnoName, fail, libc } from '../native/libc.ts';
+import { NativeError, O, fail, libc } from '../native/libc.ts';
 import { ioctl } from '../native/ioctl.ts';
 import { addHandler, dispatchEvent } from './dispatch.ts';
 
-const EAGAIN = 11;
-const EINTR = 4;
 
 function asEvtchn(e: unknown, op: EvtchnOp, domid?: number, port?: number): EvtchnError {
   if (e instanceof EvtchnError) return e;
@@ -70,7 +68,13 @@ export class LinuxEventChannels implements EventChannels {
       throw new EvtchnError(e.code === 'ENOENT' ? 'ENODEV' : e.code, 'open', undefined, undefined, e.message);
     }
     this.fd = fd;
-    this.watch = new FdWatch(fd, () => this.onReadable());
+    // The watch reads the queued ports into rbuf and writes them back (unmasking them) before
+    // calling onReadable, in the addon without a JavaScript-to-native call per wake-up. One read
+    // per wake-up: if more ports were queued than rbuf holds, the fd stays readable and we come
+    // back on the next turn.
+    this.watch = new FdWatch(fd, (n) => this.onReadable(n), { buffer: this.rbuf, echo: true }, (e) => {
+      throw new EvtchnError(e.code, 'read', undefined, undefined, `reading or unmasking ports of /dev/xen/evtchn: ${e.message}`);
+    });
     this.watch.unref();
   }
 
@@ -130,25 +134,13 @@ export class LinuxEventChannels implements EventChannels {
   /** The channels one wake-up fired, reused from wake-up to wake-up. */
   private readonly fired: LinuxEventChannel[] = [];
 
-  private onReadable(): void {
+  /** Dispatches the `n` bytes of ports the watch read (already unmasked), each port once. */
+  private onReadable(n: number): void {
     const fired = this.fired;
     fired.length = 0;
-    for (;;) {
-      const n = libc.read(this.fd, this.rbuf, this.rbuf.length);
-      if (n < 0) {
-        const e = errno();
-        if (e === EINTR) continue;
-        if (e === EAGAIN) break;
-        throw new EvtchnError(errnoName(e), 'read', undefined, undefined, 'reading /dev/xen/evtchn');
-      }
-      if (n === 0) break;
-      // evtchn.c: writing the ports back unmasks them.
-      if (libc.write(this.fd, this.rbuf, n) !== n) throw new EvtchnError(errnoName(errno()), 'unmask', undefined, undefined, 'writing /dev/xen/evtchn');
-      for (let off = 0; off + 4 <= n; off += 4) {
-        const ch = this.channels.get(this.rview.getUint32(off, true));
-        if (ch !== undefined && !fired.includes(ch)) fired.push(ch);
-      }
-      if (n < this.rbuf.length) break;
+    for (let off = 0; off + 4 <= n; off += 4) {
+      const ch = this.channels.get(this.rview.getUint32(off, true));
+      if (ch !== undefined && !fired.includes(ch)) fired.push(ch);
     }
     for (const ch of fired) if (ch.open) this.dispatch(ch);
   }

@@ -21,7 +21,7 @@ import {
   EVTCHN_PAGE, EVTCHNSTAT, MASK_W, PENDING_W, PORT, SLOT, SLOT_WORDS, portWord, raiseEvent,
 } from './sim-shared-info.ts';
 import { FdWatch } from '../native/fd-watch.ts';
-import { drainFifo, openFifoReader, openFifoWriter, ringFifo } from '../native/fifo.ts';
+import { openFifoReader, openFifoWriter, ringFifo } from '../native/fifo.ts';
 import { libc, NativeError } from '../native/libc.ts';
 import { Mapping } from '../native/memory.ts';
 import { addHandler, dispatchEvent } from './dispatch.ts';
@@ -124,7 +124,8 @@ export class SimEventChannels implements EventChannels {
     } catch (e) {
       throw new EvtchnError('ENODEV', 'open', cfg.domid, undefined, `doorbell: ${(e as Error).message}`);
     }
-    this.watch = new FdWatch(this.readerFd, () => this.onDoorbell());
+    // The watch drains the doorbell itself (one read into scratch) before calling onDoorbell.
+    this.watch = new FdWatch(this.readerFd, () => this.onDoorbell(), { buffer: this.scratch });
     this.watch.unref();
   }
 
@@ -197,7 +198,6 @@ export class SimEventChannels implements EventChannels {
   }
 
   private onDoorbell(): void {
-    drainFifo(this.readerFd, this.scratch);
     const own = this.own;
     Atomics.store(this.slots, this.cfg.slot * SLOT_WORDS + SLOT.upcall, 0);
     const bound = this.bound;

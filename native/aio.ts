@@ -141,7 +141,7 @@ export class AioContext {
     for (let i = capacity - 1; i >= 0; i--) this.free.push(i);
     this.ring = completionRing(this.ctx);
     this.done = new Array<number>(2 * capacity).fill(0);
-    this.watch = new FdWatch(efd, () => this.reap());
+    this.watch = new FdWatch(efd, () => this.reap(), { buffer: this.counter }); // reads (resets) the eventfd
     this.watch.unref();
   }
 
@@ -262,10 +262,9 @@ export class AioContext {
     }
   };
 
-  /** Reads the eventfd and delivers every finished I/O. */
+  /** Delivers every finished I/O (the watch has read the eventfd). */
   private reap(): void {
     if (this.closed) return;
-    libc.read(this.efd, this.counter, 8);
     if (this.ring !== undefined) {
       this.reapFromRing(this.ring);
       return;

@@ -6,6 +6,8 @@
 // built (for comparisons); the ring benchmark's one-request round trips were ~15% faster with
 // the addon.
 // Works for any pollable fd: FIFOs and eventfds (the simulator's doorbells), /dev/xen/evtchn.
+// Each of those is read first thing when it turns readable, so a watch can do that read itself
+// (FdWatchInput): the addon does it in C, saving a koffi call per wake-up.
 //
 // Two koffi behaviours this file exists to contain:
 //  - the poll handle is closed when its JS object is garbage collected, so every active watch
@@ -18,11 +20,15 @@
 import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
-import { NativeError, koffiPoll } from './libc.ts';
+import { NativeError, errno, errnoName, koffiPoll, libc } from './libc.ts';
 import type { KoffiPollHandle } from './libc.ts';
 
+const EINTR = 4;
+const EIO = 5;
+const EAGAIN = 11;
+
 interface PollAddon {
-  start(fd: number, cb: (status: number) => void): unknown;
+  start(fd: number, cb: (result: number) => void, buffer?: Uint8Array, echo?: boolean): unknown;
   ref(w: unknown): void;
   unref(w: unknown): void;
   close(w: unknown): void;
@@ -55,9 +61,38 @@ export const pollImplementation: 'addon' | 'koffi' = addon !== undefined ? 'addo
 /** `pollDescription` says which one, and why not the addon when it is koffi. */
 export const pollDescription = addon !== undefined ? 'poll addon' : `koffi.node.poll (${loaded.why ?? '?'})`;
 
-function addonPoll(a: PollAddon, fd: number, cb: (status: number) => void): KoffiPollHandle {
-  const w = a.start(fd, cb);
+function addonPoll(a: PollAddon, fd: number, cb: (result: number) => void, input: FdWatchInput | undefined): KoffiPollHandle {
+  const w = input === undefined ? a.start(fd, cb) : a.start(fd, cb, input.buffer, input.echo === true);
   return { close: () => a.close(w), ref: () => a.ref(w), unref: () => a.unref(w) };
+}
+
+/**
+ * What the watch reads itself each time the fd turns readable, before calling back: one read(2)
+ * of up to `buffer.length` bytes into `buffer`, and with `echo` a write(2) of those bytes back
+ * (/dev/xen/evtchn: reading takes the pending ports, writing them back unmasks them). The
+ * callback gets the byte count, 0 when nothing was there. The addon does both without a call
+ * out of JavaScript; with koffi they are two more koffi calls here.
+ */
+export interface FdWatchInput {
+  readonly buffer: Uint8Array;
+  readonly echo?: boolean;
+}
+
+/** One read (and echo) as the addon does it: the byte count, or a negative errno. */
+function takeInput(fd: number, input: FdWatchInput): number {
+  let n: number;
+  do n = libc.read(fd, input.buffer, input.buffer.length); while (n < 0 && errno() === EINTR);
+  if (n < 0) {
+    const e = errno();
+    return e === EAGAIN ? 0 : -e;
+  }
+  if (input.echo === true && n > 0) {
+    let m: number;
+    do m = libc.write(fd, input.buffer, n); while (m < 0 && errno() === EINTR);
+    if (m < 0) return -errno();
+    if (m !== n) return -EIO;
+  }
+  return n;
 }
 
 const active = new Set<FdWatch>();
@@ -66,26 +101,31 @@ const active = new Set<FdWatch>();
 export class FdWatch {
   private handle: KoffiPollHandle | undefined;
 
-  /** `new FdWatch(fd, onReadable)` calls `onReadable()` from the event loop whenever `fd` is readable. */
-  constructor(readonly fd: number, onReadable: () => void, onError?: (e: NativeError) => void) {
-    const cb = (status: number): void => {
+  /**
+   * `new FdWatch(fd, onReadable, input?)` calls `onReadable(n)` from the event loop whenever `fd`
+   * is readable: with `input`, after reading (and echoing) what is pending, `n` bytes of it;
+   * without, n is 0. A failed poll, read or write goes to `onError` (else is thrown as uncaught).
+   */
+  constructor(readonly fd: number, onReadable: (n: number) => void, input?: FdWatchInput, onError?: (e: NativeError) => void) {
+    const cb = (result: number): void => {
       try {
-        if (status < 0) {
-          const e = new NativeError('poll', -status, `uv error ${status}`, `fd ${fd}`);
+        if (result < 0) {
+          const e = new NativeError(input === undefined ? 'poll' : input.echo === true ? 'read/write' : 'read', -result, errnoName(-result), `fd ${fd}`);
           if (onError === undefined) throw e;
           onError(e);
           return;
         }
-        onReadable();
+        onReadable(result);
       } catch (e) {
         process.nextTick(() => { throw e; });
       }
     };
     if (addon !== undefined) {
-      this.handle = addonPoll(addon, fd, cb);
+      this.handle = addonPoll(addon, fd, cb, input);
     } else {
       if (koffiPoll === undefined) throw new NativeError('poll', 0, 'ENOSYS', 'koffi.node.poll (koffi >= 2.15 required)');
-      this.handle = koffiPoll(fd, { readable: true }, cb);
+      // koffi's callback gets (status, events); a uv status is 0 or a negative errno.
+      this.handle = koffiPoll(fd, { readable: true }, (status: number) => cb(status < 0 || input === undefined ? status : takeInput(fd, input)));
     }
     active.add(this);
   }

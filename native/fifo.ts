@@ -48,21 +48,3 @@ export function ringFifo(fd: number): 'ok' | 'full' | 'gone' {
     throw new NativeError('write', e, errnoName(e), `fifo fd ${fd}`);
   }
 }
-
-/** `drainFifo(fd, scratch)` reads until the pipe is empty; the number of bytes read. */
-export function drainFifo(fd: number, scratch: Uint8Array): number {
-  let total = 0;
-  for (;;) {
-    const n = libc.read(fd, scratch, scratch.length);
-    if (n > 0) {
-      total += n;
-      if (n < scratch.length) return total;
-      continue;
-    }
-    if (n === 0) return total;
-    const e = errno();
-    if (e === EINTR) continue;
-    if (e === EAGAIN) return total;
-    throw new NativeError('read', e, errnoName(e), `fifo fd ${fd}`);
-  }
-}

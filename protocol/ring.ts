@@ -245,6 +245,26 @@ export function pushResponsesAndCheckNotify(b: BackRing): boolean {
 }
 
 /**
+ * `publishResponses(b)` makes the queued responses visible to the frontend (rsp_prod) without
+ * the notify check; `responsesNotifyDue(b, since)` is that check, done later for everything
+ * published after `since` (the rsp_prod of the previous check). Together they are
+ * RING_PUSH_RESPONSES_AND_CHECK_NOTIFY split in two, so that a backend can publish each response
+ * as it is ready and decide on one event for the whole batch: the frontend's rsp_event either
+ * falls inside (since, rsp_prod], and it gets the event, or it is past it, and its final check
+ * (RING_FINAL_CHECK_FOR_RESPONSES) saw the responses itself.
+ */
+export function publishResponses(b: BackRing): void {
+  Atomics.store(b.sring.idx, RSP_PROD, b.rspProdPvt);
+}
+
+/** `responsesNotifyDue(b, since)`: see publishResponses. */
+export function responsesNotifyDue(b: BackRing, since: number): boolean {
+  const prod = Atomics.load(b.sring.idx, RSP_PROD);
+  const event = Atomics.load(b.sring.idx, RSP_EVENT);
+  return ((prod - event) >>> 0) < ((prod - since) >>> 0);
+}
+
+/**
  * `finalCheckForRequests(b)` is whether requests are waiting; when none are, it first asks for an
  * event on the next request and re-checks (RING_FINAL_CHECK_FOR_REQUESTS).
  */

@@ -16,6 +16,7 @@ import {
   nextRequestSlot,
   nextResponseOffset,
   nextResponseSlot,
+  publishResponses,
   pushRequestsAndCheckNotify,
   pushResponsesAndCheckNotify,
   reqEvent,
@@ -23,6 +24,7 @@ import {
   requestConsOverflow,
   requestProdOverflow,
   responseProdOverflow,
+  responsesNotifyDue,
   ringEntries,
   rspEvent,
   rspProd,
@@ -254,6 +256,74 @@ test('notify decisions: producers notify exactly when the peer event is in the r
       },
     ),
     { numRuns: 1000 },
+  );
+});
+
+test('split push: publishing in steps and checking once decides as the combined macro over the whole range', () => {
+  fc.assert(
+    fc.property(
+      fc.integer({ min: 0, max: 0xffffffff }),
+      fc.array(fc.integer({ min: 0, max: 8 }), { minLength: 1, maxLength: 4 }),
+      fc.oneof(fc.integer({ min: -40, max: 40 }), fc.integer({ min: 0, max: 0xffffffff })),
+      (start, steps, eventDelta) => {
+        const s = ringAt(0, start);
+        const event = (start + eventDelta) >>> 0;
+        poke(s, RSP_EVENT, event);
+        const b = backRingAttach(s);
+        const n = steps.reduce((a, x) => a + x, 0);
+        b.reqCons = (start + n) >>> 0;
+        for (const k of steps) {
+          for (let i = 0; i < k; i++) nextResponseOffset(b);
+          publishResponses(b);
+          assert.equal(rspProd(s), b.rspProdPvt, 'each step is visible at once');
+        }
+        assert.equal(responsesNotifyDue(b, start), modelNotify(start, (start + n) >>> 0, event));
+      },
+    ),
+    { numRuns: 1000 },
+  );
+});
+
+test('split push: no lost wake-up against a frontend doing ring.h final checks, in any interleaving', () => {
+  // The backend publishes responses in steps and checks once after each batch; the frontend,
+  // when awake, consumes and runs RING_FINAL_CHECK_FOR_RESPONSES, sleeping if it finds nothing.
+  // Whatever the interleaving, after the backend's last check the frontend is awake or has seen
+  // every response.
+  fc.assert(
+    fc.property(
+      fc.integer({ min: 0, max: 0xffffffff }),
+      fc.array(fc.constantFrom('publish', 'check', 'front'), { maxLength: 60 }),
+      (start, script) => {
+        const s = ringAt(0, start);
+        const b = backRingAttach(s);
+        const f = frontRingAttach(s, start);
+        let since = start;
+        let awake = false;
+        let produced = 0;
+        const check = (): void => {
+          if (responsesNotifyDue(b, since)) awake = true;
+          since = b.rspProdPvt;
+        };
+        for (const step of [...script, 'check']) {
+          if (step === 'publish' && produced < 32) {
+            b.reqCons = (b.reqCons + 1) >>> 0;
+            nextResponseOffset(b);
+            produced++;
+            publishResponses(b);
+          } else if (step === 'check') {
+            check();
+          } else if (step === 'front' && awake) {
+            for (;;) {
+              while (unconsumedResponses(f) > 0) { nextResponseSlot(f); produced--; }
+              if (!finalCheckForResponses(f)) break;
+            }
+            awake = false;
+          }
+        }
+        assert.ok(awake || unconsumedResponses(f) === 0, `frontend asleep with ${unconsumedResponses(f)} responses unseen`);
+      },
+    ),
+    { numRuns: 2000 },
   );
 });
 

@@ -17,9 +17,7 @@
 // Measured: a FIFO doorbell between two processes round-trips (ping + pong) in ~11-17 us p50,
 // an eventfd pair handed over with pidfd_getfd ~16 us, net.Socket over a FIFO ~17-25 us, a
 // Unix stream socket ~20 us.
-import { existsSync } from 'node:fs';
-import { createRequire } from 'node:module';
-import { fileURLToPath } from 'node:url';
+import { addon, addonMissing, type XenblkAddon } from './addon.ts';
 import { NativeError, errno, errnoName, koffiPoll, libc } from './libc.ts';
 import type { KoffiPollHandle } from './libc.ts';
 
@@ -27,41 +25,12 @@ const EINTR = 4;
 const EIO = 5;
 const EAGAIN = 11;
 
-interface PollAddon {
-  start(fd: number, cb: (result: number) => void, buffer?: Uint8Array, echo?: boolean): unknown;
-  ref(w: unknown): void;
-  unref(w: unknown): void;
-  close(w: unknown): void;
-}
-
-/** Where the addon is, seen from this file (native/) or from the CLI bundle (dist/). */
-const ADDON_CANDIDATES = ['./addon/build/poll.node', '../native/addon/build/poll.node'];
-
-function loadAddon(): { addon?: PollAddon; why?: string } {
-  if (process.env.XENBLK_POLL === 'koffi') return { why: 'XENBLK_POLL=koffi' };
-  const req = createRequire(import.meta.url);
-  for (const c of ADDON_CANDIDATES) {
-    const p = fileURLToPath(new URL(c, import.meta.url));
-    if (!existsSync(p)) continue;
-    try {
-      return { addon: req(p) as PollAddon };
-    } catch (e) {
-      // Built for another Node or machine: koffi serves.
-      return { why: `${p}: ${(e as Error).message}` };
-    }
-  }
-  return { why: 'native/addon/build/poll.node not built' };
-}
-
-const loaded = loadAddon();
-const addon = loaded.addon;
-
 /** `pollImplementation` is which uv_poll source FdWatch uses: our addon or koffi. */
 export const pollImplementation: 'addon' | 'koffi' = addon !== undefined ? 'addon' : 'koffi';
 /** `pollDescription` says which one, and why not the addon when it is koffi. */
-export const pollDescription = addon !== undefined ? 'poll addon' : `koffi.node.poll (${loaded.why ?? '?'})`;
+export const pollDescription = addon !== undefined ? 'poll addon' : `koffi.node.poll (${addonMissing ?? '?'})`;
 
-function addonPoll(a: PollAddon, fd: number, cb: (result: number) => void, input: FdWatchInput | undefined): KoffiPollHandle {
+function addonPoll(a: XenblkAddon, fd: number, cb: (result: number) => void, input: FdWatchInput | undefined): KoffiPollHandle {
   const w = input === undefined ? a.start(fd, cb) : a.start(fd, cb, input.buffer, input.echo === true);
   return { close: () => a.close(w), ref: () => a.ref(w), unref: () => a.unref(w) };
 }

@@ -2,6 +2,7 @@
 // event loop wakes (fd-watch.ts) and drains. Chosen over an eventfd because a FIFO is reached
 // by path, so no descriptor passing (SCM_RIGHTS, pidfd_getfd and its ptrace permission) is
 // needed, at the same latency (see fd-watch.ts for the measurements).
+import { addon } from './addon.ts';
 import { NativeError, O, errno, errnoName, fail, libc } from './libc.ts';
 
 const EAGAIN = 11;
@@ -40,8 +41,16 @@ const ONE = new Uint8Array([1]);
  */
 export function ringFifo(fd: number): 'ok' | 'full' | 'gone' {
   for (;;) {
-    if (libc.write(fd, ONE, 1) === 1) return 'ok';
-    const e = errno();
+    // Through the addon when built: a koffi call costs ~0.4-0.6 us more than write(2) itself.
+    let e: number;
+    if (addon !== undefined) {
+      const r = addon.kick(fd);
+      if (r === 1) return 'ok';
+      e = -r;
+    } else {
+      if (libc.write(fd, ONE, 1) === 1) return 'ok';
+      e = errno();
+    }
     if (e === EINTR) continue;
     if (e === EAGAIN) return 'full';
     if (e === EPIPE) return 'gone';

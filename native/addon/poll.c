@@ -15,7 +15,8 @@
  * Exports: start(fd, callback[, buffer[, echo]]) -> watch (an external), callback(result) runs
  * through napi_make_callback so that promise jobs and process.nextTick callbacks queued by it run
  * before the event loop goes on, as after any of Node's own I/O callbacks; ref(watch),
- * unref(watch), close(watch).
+ * unref(watch), close(watch); kick(fd) writes the byte 1 to fd (a doorbell) and is 1 or a
+ * negative errno.
  *
  * With a buffer (a Uint8Array, kept alive by the watch), each wake-up first does one read(2) of
  * up to its length into it, and with echo also writes what was read back to the fd, and the
@@ -265,6 +266,23 @@ static napi_value close_watch(napi_env env, napi_callback_info info)
 	return NULL;
 }
 
+static napi_value kick(napi_env env, napi_callback_info info)
+{
+	size_t argc = 1;
+	napi_value argv[1];
+	int32_t fd;
+	if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != 0 || argc < 1 || napi_get_value_int32(env, argv[0], &fd) != 0) {
+		napi_throw_error(env, "EINVAL", "kick(fd): fd must be a number");
+		return NULL;
+	}
+	static const uint8_t one = 1;
+	ssize_t n = write(fd, &one, 1);
+	napi_value result;
+	if (napi_create_int32(env, n == 1 ? 1 : n < 0 ? -errno : -EIO, &result) != 0)
+		return NULL;
+	return result;
+}
+
 static void export_fn(napi_env env, napi_value exports, const char *name, napi_callback cb)
 {
 	napi_value fn;
@@ -279,5 +297,6 @@ napi_value napi_register_module_v1(napi_env env, napi_value exports)
 	export_fn(env, exports, "ref", ref);
 	export_fn(env, exports, "unref", unref);
 	export_fn(env, exports, "close", close_watch);
+	export_fn(env, exports, "kick", kick);
 	return exports;
 }

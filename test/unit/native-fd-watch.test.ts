@@ -17,7 +17,7 @@ const ADDON = fileURLToPath(new URL('../../native/addon/build/poll.node', import
 const CHILD = `
 import { FdWatch, pollImplementation } from './native/fd-watch.ts';
 import { libc, EFD } from './native/libc.ts';
-import { mkfifo, openFifoReader } from './native/fifo.ts';
+import { mkfifo, openFifoReader, openFifoWriter, ringFifo } from './native/fifo.ts';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -54,8 +54,14 @@ const reader = new FdWatch(a, (k) => {
     echo.close();
     const back = new Uint8Array(16);
     const again = libc.read(e, back, 16);
+    // ringFifo (through the addon's kick when it is loaded, else koffi's write).
+    const k = fifo('k');
+    const w1 = openFifoWriter(path.join(dir, 'k'));
+    const rung = [ringFifo(w1), ringFifo(w1)];
+    const kb = new Uint8Array(8);
+    const kicked = [...kb.subarray(0, Math.max(0, libc.read(k, kb, 8)))];
     rmSync(dir, { recursive: true });
-    console.log(JSON.stringify({ input: { got, echoed: [k2, ...ebuf.subarray(0, k2)], again: [...back.subarray(0, again)] } }));
+    console.log(JSON.stringify({ input: { got, echoed: [k2, ...ebuf.subarray(0, k2)], again: [...back.subarray(0, again)], rung, kicked } }));
   }, { buffer: ebuf, echo: true });
 }, { buffer: small });
 `;
@@ -63,7 +69,7 @@ const reader = new FdWatch(a, (k) => {
 interface ChildResult {
   impl: string;
   n: number;
-  input: { got: number[][]; echoed: number[]; again: number[] };
+  input: { got: number[][]; echoed: number[]; again: number[]; rung: string[]; kicked: number[] };
 }
 
 function runChild(env: NodeJS.ProcessEnv): ChildResult {
@@ -78,6 +84,8 @@ function assertInput(r: ChildResult): void {
   assert.deepEqual(r.input.got, [[3, 1, 2, 3], [2, 4, 5]], 'read 3 bytes, then the 2 left on the next wake-up');
   assert.deepEqual(r.input.echoed, [4, 9, 8, 7, 6], 'the echo watch read all 4 bytes');
   assert.deepEqual(r.input.again, [9, 8, 7, 6], 'and wrote them back before calling back');
+  assert.deepEqual(r.input.rung, ['ok', 'ok']);
+  assert.deepEqual(r.input.kicked, [1, 1], 'ringFifo wrote one byte 1 each time');
 }
 
 test('fd-watch: our poll addon is used when built, and serves events, promise jobs, close, unref, and reads (and echoes) input', (t) => {

@@ -20,6 +20,7 @@ import path from 'node:path';
 import { attachSim } from '../lib/sim/attach.ts';
 import { startSim } from '../lib/sim/start.ts';
 import { createVbd } from '../lib/toolstack/vbd.ts';
+import { canonicalName } from '../protocol/device-number.ts';
 import type { BlkfrontOptions } from '../lib/blkfront/device.ts';
 import type { Bench, BenchContext } from './framework/bench.ts';
 import type { Goal } from './framework/figure.ts';
@@ -186,6 +187,12 @@ export const stackBench: Bench = {
           viaStack(v.vdev, job),
           viaStack(v.baseVdev, job),
         );
+      }
+      // What blkback saw on each disk over the whole run (all figures that used it).
+      type DiskStats = { devid: number; rings: number; ringPageOrder: number; stats: Record<string, number> };
+      for (const d of await back.call<DiskStats[]>('disks')) {
+        const st = d.stats;
+        ctx.note(`stack: blkback on ${canonicalName(d.devid)} (${d.rings} ring(s) of order ${d.ringPageOrder}): ${st['rd_req']} reads, ${st['wr_req']} writes, ${st['merged_req']} merged into a neighbour, ${st['persistent_grants']} persistent grants mapped at the end, latency p50 ${st['p50_us']} us / p99 ${st['p99_us']} us`);
       }
       if (profileDir !== undefined) {
         await front.profileStop(path.join(profileDir, 'stack-front.cpuprofile'));

@@ -15,7 +15,6 @@ import { NativeError, O, fail, libc } from '../native/libc.ts';
 import { ioctl } from '../native/ioctl.ts';
 import { addHandler, dispatchEvent } from './dispatch.ts';
 
-
 function asEvtchn(e: unknown, op: EvtchnOp, domid?: number, port?: number): EvtchnError {
   if (e instanceof EvtchnError) return e;
   if (e instanceof NativeError) return new EvtchnError(e.code, op, domid, port, e.message);

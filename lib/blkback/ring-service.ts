@@ -87,9 +87,10 @@ export interface VbdGeometry {
   discardSecure: boolean;
 }
 
-/** A problem on a ring that stops it (the frontend broke the ring protocol). */
 /** Where the batch's notify check is queued: a settled promise's job runs when the current synchronous stretch ends. */
 const SETTLED = Promise.resolve();
+
+/** A problem on a ring that stops it (the frontend broke the ring protocol). */
 export class RingServiceError extends Error {
   override readonly name = 'RingServiceError';
   constructor(message: string, readonly field: string, readonly value: number) {

@@ -13,7 +13,7 @@
 // it for their O_DIRECT descriptor only. Anything the kernel refuses at submission (EINVAL for
 // memory O_DIRECT cannot use, EAGAIN) is reported to the I/O's callback like a failed completion,
 // and the caller falls back to its synchronous path.
-import { EFD, NativeError, SYS, bufferAddress, errno, errnoName, fail, libc, viewAt } from './libc.ts';
+import { EFD, ERRNO, NativeError, SYS, bufferAddress, errno, errnoName, fail, libc, viewAt } from './libc.ts';
 import { FdWatch } from './fd-watch.ts';
 
 /** aio_abi.h: struct iocb is 64 bytes; fields at these offsets (little-endian layout). */
@@ -62,8 +62,7 @@ function takeEvent(w: Uint32Array, at: number, out: number[], n: number): void {
 /** Scheduling through a settled promise: queueMicrotask wraps each callback in an AsyncResource. */
 const SETTLED = Promise.resolve();
 
-const EINTR = 4;
-const EAGAIN = 11;
+const { EAGAIN, EINTR } = ERRNO;
 
 /** fs/aio.c struct aio_ring, in u32 words: id, nr, head, tail, magic, compat and incompat features, header length, then the events. */
 const AIO_RING = { nr: 1, head: 2, tail: 3, magic: 4, incompat: 6, headerLength: 7, events: 8 } as const;

@@ -18,12 +18,10 @@
 // an eventfd pair handed over with pidfd_getfd ~16 us, net.Socket over a FIFO ~17-25 us, a
 // Unix stream socket ~20 us.
 import { addon, addonMissing, type XenblkAddon } from './addon.ts';
-import { NativeError, errno, errnoName, koffiPoll, libc } from './libc.ts';
+import { ERRNO, NativeError, errno, errnoName, koffiPoll, libc } from './libc.ts';
 import type { KoffiPollHandle } from './libc.ts';
 
-const EINTR = 4;
-const EIO = 5;
-const EAGAIN = 11;
+const { EAGAIN, EINTR, EIO } = ERRNO;
 
 /** `pollImplementation` is which uv_poll source FdWatch uses: our addon or koffi. */
 export const pollImplementation: 'addon' | 'koffi' = addon !== undefined ? 'addon' : 'koffi';

@@ -3,11 +3,9 @@
 // by path, so no descriptor passing (SCM_RIGHTS, pidfd_getfd and its ptrace permission) is
 // needed, at the same latency (see fd-watch.ts for the measurements).
 import { addon } from './addon.ts';
-import { NativeError, O, errno, errnoName, fail, libc } from './libc.ts';
+import { ERRNO, NativeError, O, errno, errnoName, fail, libc } from './libc.ts';
 
-const EAGAIN = 11;
-const EINTR = 4;
-const EPIPE = 32;
+const { EAGAIN, EINTR, EPIPE } = ERRNO;
 
 /** `mkfifo(path, mode)` creates a FIFO; NativeError (EEXIST, ...) on failure. */
 export function mkfifo(path: string, mode = 0o600): void {

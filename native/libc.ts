@@ -83,6 +83,9 @@ export const SYS = process.arch === 'arm64'
   : { io_setup: 206, io_destroy: 207, io_submit: 209, io_getevents: 208 } as const;
 export const SOCK = { STREAM: 1, NONBLOCK: 0o4000, CLOEXEC: 0o2000000 } as const;
 
+/** The errno values the data path tests for (asm-generic/errno-base.h, errno.h). */
+export const ERRNO = { EINTR: 4, EIO: 5, EAGAIN: 11, EPIPE: 32 } as const;
+
 const ERRNO_NAMES = new Map<number, string>();
 for (const [name, value] of Object.entries(koffi.os.errno)) {
   if (!ERRNO_NAMES.has(value)) ERRNO_NAMES.set(value, name);

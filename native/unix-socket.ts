@@ -4,9 +4,10 @@
 // duration of one exchange with a process that answers without waiting on anyone.
 // Close-on-exec, so a child process never keeps our end alive (the daemon detects our death by
 // the connection closing).
-import { AF_UNIX, NativeError, SOCK, errno, errnoName, fail, libc } from './libc.ts';
+import { AF_UNIX, ERRNO, NativeError, SOCK, errno, errnoName, fail, libc } from './libc.ts';
 
-const EINTR = 4;
+const { EINTR } = ERRNO;
+
 /** sizeof(sockaddr_un.sun_path) on Linux. */
 const SUN_PATH_MAX = 108;
 

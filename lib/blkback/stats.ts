@@ -26,7 +26,7 @@ export interface VbdStatsSnapshot {
   readonly in_flight: number;
   /** Persistent grants mapped now (all rings). */
   readonly persistent_grants: number;
-  /** Latency histogram: `latency_us[i]` counts requests that took [2^i, 2^(i+1)) microseconds. */
+  /** Latency histogram: `latency_us[i]` counts timed requests (one in LATENCY_SAMPLE) that took [2^i, 2^(i+1)) microseconds. */
   readonly latency_us: readonly number[];
   /** Approximate percentiles in microseconds (upper bound of the bucket). */
   readonly p50_us: number;

@@ -23,7 +23,7 @@ import {
 import type { BlockBackend } from '../../lib/backends/block-backend.ts';
 import { createRamDisk } from '../../lib/backends/ram.ts';
 import type { RamDisk } from '../../lib/backends/ram.ts';
-import { RingService, RingServiceError } from '../../lib/blkback/ring-service.ts';
+import { LATENCY_SAMPLE, RingService, RingServiceError } from '../../lib/blkback/ring-service.ts';
 import type { VbdGeometry } from '../../lib/blkback/ring-service.ts';
 import { VbdStats } from '../../lib/blkback/stats.ts';
 
@@ -234,16 +234,20 @@ for (const persistent of [false, true]) {
   });
 }
 
-test('an indirect request spanning two indirect pages (600 segments, x86_32) is served', async () => {
-  const disk = createRamDisk({ size: 4 << 20 });
-  const p = pair({ abi: 'x86_32', backing: disk, maxIndirect: 4096, vbd: { sectors: 8192 } });
-  const src = Array.from({ length: 600 }, (_, i) => p.page((i * 7) & 0xff, false));
-  const w = await p.submit({ operation: BLKIF_OP_INDIRECT, dataOp: BLKIF_OP_WRITE, sectorNumber: 16, segs: fullSegs(src) });
-  assert.deepEqual(w, { status: BLKIF_RSP_OKAY, operation: BLKIF_OP_WRITE });
-  for (let i = 0; i < 600; i++) assert.equal(disk.data[(16 + i * 8) * 512 + 100], (i * 7) & 0xff, `segment ${i}`);
-  assert.equal(p.stats.wrSect, 4800);
-  await closeAndCheckClean(p);
-});
+for (const persistent of [false, true]) {
+  // 600 descriptors: a whole indirect page (512) and 88 in the second, which is read in part.
+  test(`an indirect request spanning two indirect pages (600 segments, x86_32) is served, persistent grants ${persistent ? 'on' : 'off'}`, async () => {
+    const disk = createRamDisk({ size: 4 << 20 });
+    const p = pair({ abi: 'x86_32', backing: disk, maxIndirect: 4096, vbd: { sectors: 8192 }, persistent });
+    const src = Array.from({ length: 600 }, (_, i) => p.page((i * 7) & 0xff, false));
+    const w = await p.submit({ operation: BLKIF_OP_INDIRECT, dataOp: BLKIF_OP_WRITE, sectorNumber: 16, segs: fullSegs(src) });
+    assert.deepEqual(w, { status: BLKIF_RSP_OKAY, operation: BLKIF_OP_WRITE });
+    for (let i = 0; i < 600; i++) assert.equal(disk.data[(16 + i * 8) * 512 + 100], (i * 7) & 0xff, `segment ${i}`);
+    assert.equal(p.stats.wrSect, 4800);
+    assert.equal(p.svc.persistentGrants, persistent ? 600 : 0);
+    await closeAndCheckClean(p);
+  });
+}
 
 test('every malformed request is answered (ERROR / EOPNOTSUPP) and the ring keeps serving', async () => {
   const disk = createRamDisk({ size: 1 << 20 });
@@ -428,6 +432,19 @@ test('in flight is bounded: excess requests wait (oo_req) and are all served', a
   assert.deepEqual(all.map((r) => r.status), [0, 0, 0, 0, 0, 0]);
   assert.equal(gated.maxInFlight, 2);
   assert.ok(p.stats.ooReq >= 1);
+  await closeAndCheckClean(p);
+});
+
+test('one request in LATENCY_SAMPLE is timed for the latency histogram', async () => {
+  const p = pair();
+  const n = 3 * LATENCY_SAMPLE + 5;
+  for (let i = 0; i < n; i++) {
+    const r = await p.submit({ operation: BLKIF_OP_WRITE, sectorNumber: (i % 8) * 8, segs: fullSegs([p.page(i & 0xff)]) });
+    assert.equal(r.status, BLKIF_RSP_OKAY);
+  }
+  const snap = p.stats.snapshot();
+  assert.equal(snap.wr_req, n);
+  assert.equal(snap.latency_us.reduce((a, b) => a + b, 0), 3, `${n} requests: the ${LATENCY_SAMPLE}th, ${2 * LATENCY_SAMPLE}th and ${3 * LATENCY_SAMPLE}th are timed`);
   await closeAndCheckClean(p);
 });
 

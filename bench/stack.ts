@@ -100,6 +100,26 @@ async function ensureBackingFile(file: string, log: (m: string) => void): Promis
   }
 }
 
+/** CPU time the processes of a comparison used, over all its samples (warm-up included). */
+interface CpuTally {
+  stackOps: number;
+  frontUs: number;
+  backUs: number;
+  directOps: number;
+  directUs: number;
+}
+
+function newCpuTally(): CpuTally {
+  return { stackOps: 0, frontUs: 0, backUs: 0, directOps: 0, directUs: 0 };
+}
+
+/** `cpuNote(t)` says what one operation cost each process, in microseconds of CPU. */
+function cpuNote(t: CpuTally): string {
+  const per = (us: number, ops: number): string => (ops > 0 ? (us / ops).toFixed(1) : '?');
+  return `CPU per operation: blkfront ${per(t.frontUs, t.stackOps)} us + blkback ${per(t.backUs, t.stackOps)} us ` +
+    `(= ${per(t.frontUs + t.backUs, t.stackOps)} us) against ${per(t.directUs, t.directOps)} us reading/writing the file directly`;
+}
+
 function unitOf(j: Job): string {
   return j.pattern === 'rand' ? 'IOPS' : 'MiB/s';
 }
@@ -156,10 +176,28 @@ export const stackBench: Bench = {
       if (profileDir !== undefined) await Promise.all([front.profileStart(), back.profileStart()]);
       const wl = (j: Job, seed: number): Workload => ({ op: j.op, pattern: j.pattern, bs: j.bs, qd: j.qd, ms, span: FILE_BYTES, seed });
       let seed = 1;
-      const viaStack = (vdev: string, j: Job) => async (): Promise<number> => valueOf(j, await front.call<WorkloadResult>('run', { vdev, workload: wl(j, seed++) }));
-      const viaFile = (j: Job) => async (): Promise<number> => valueOf(j, await direct.call<WorkloadResult>('run', { workload: wl(j, seed++) }));
+      // CPU per operation beside each throughput figure: throughput here moves with the host's
+      // disk and with what else runs on these 2 cores, while the CPU one operation costs each
+      // process is steadier, and it tells which side an improvement has to come from.
+      let cpu = newCpuTally();
+      const viaStack = (vdev: string, j: Job) => async (): Promise<number> => {
+        const b0 = await back.call<number>('cpu-us');
+        const r = await front.call<WorkloadResult>('run', { vdev, workload: wl(j, seed++) });
+        const b1 = await back.call<number>('cpu-us');
+        cpu.stackOps += r.ops;
+        cpu.frontUs += r.cpuUs;
+        cpu.backUs += b1 - b0;
+        return valueOf(j, r);
+      };
+      const viaFile = (j: Job) => async (): Promise<number> => {
+        const r = await direct.call<WorkloadResult>('run', { workload: wl(j, seed++) });
+        cpu.directOps += r.ops;
+        cpu.directUs += r.cpuUs;
+        return valueOf(j, r);
+      };
 
       for (const j of jobs) {
+        cpu = newCpuTally();
         await ctx.measure(
           {
             name: `stack.${j.id}`,
@@ -172,6 +210,7 @@ export const stackBench: Bench = {
           viaStack(DEFAULT_VDEV, j),
           viaFile(j),
         );
+        ctx.note(`stack.${j.id}: ${cpuNote(cpu)}`);
       }
       for (const { v, job } of variants) {
         await attach(v.baseVdev, v.baseVdev === QUEUES4_VDEV ? { maxQueues: 4 } : {});

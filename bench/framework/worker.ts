@@ -117,8 +117,13 @@ function post(method: string, params?: object): Promise<unknown> {
   });
 }
 
-/** The built-in commands: the CPU profiler around the measured part of a run. */
+/** The built-in commands: the CPU profiler around the measured part of a run, and the CPU time used so far. */
 const builtins: Record<string, Handler> = {
+  /** CPU time (user + system, all threads) this process has used, in microseconds. */
+  'cpu-us': () => {
+    const u = process.cpuUsage();
+    return u.user + u.system;
+  },
   'profile-start': async () => {
     session ??= new inspector.Session();
     session.connect();

@@ -26,6 +26,8 @@ export interface WorkloadResult {
   readonly ops: number;
   readonly bytes: number;
   readonly ns: number;
+  /** CPU time (user + system, all threads) this process used meanwhile, in microseconds. */
+  readonly cpuUs: number;
 }
 
 /** Where the I/O goes: byte offsets, whole buffers. */
@@ -81,6 +83,7 @@ export async function runWorkload(target: IoTarget, w: Workload): Promise<Worklo
       return off;
     };
   let ops = 0;
+  const cpu0 = process.cpuUsage();
   const t0 = process.hrtime.bigint();
   const deadline = performance.now() + w.ms;
   const lane = async (buf: Buffer): Promise<void> => {
@@ -92,6 +95,7 @@ export async function runWorkload(target: IoTarget, w: Workload): Promise<Worklo
   };
   await Promise.all(bufs.map(lane));
   const ns = Number(process.hrtime.bigint() - t0);
+  const cpu = process.cpuUsage(cpu0);
   cursors.set(w.bs, cursor);
-  return { ops, bytes: ops * w.bs, ns };
+  return { ops, bytes: ops * w.bs, ns, cpuUs: cpu.user + cpu.system };
 }

@@ -88,10 +88,10 @@ export interface VbdGeometry {
 }
 
 /**
- * One request in this many is timed for the latency histogram. A sample keeps p50/p99 as
- * meaningful, and a request not timed costs no clock read: in a Xen PV dom0 every read is a
- * system call through the hypervisor (turn-clock.ts), and even at one read per turn the clock
- * was ~3% of `xenblk serve`'s CPU in the real-Xen benchmark's profile.
+ * One request in this many (a power of two) is timed for the latency histogram. A sample keeps
+ * p50/p99 as meaningful, and a request not timed costs no clock read: in a Xen PV dom0 every
+ * read is a system call through the hypervisor (turn-clock.ts), and even at one read per turn
+ * the clock was ~3% of `xenblk serve`'s CPU in the real-Xen benchmark's profile.
  */
 export const LATENCY_SAMPLE = 16;
 

@@ -51,7 +51,7 @@ function addressOf(b: Uint8Array): number {
  * Stores a non-negative integer below 2^53 as a little-endian u64 at word `at` of `w`. `>>> 0`
  * is ToUint32, the value modulo 2^32, done with a truncation; `%` on a number beyond the 31-bit
  * small integers (every address is) is a call into V8's runtime (fmod), which a CPU profile of
- * `xenblk serve` on real Xen showed as the costliest line of the submission path.
+ * `xenblk serve` on real Xen showed as one of the costliest lines of the submission path.
  */
 function putU64(w: Uint32Array, at: number, v: number): void {
   w[at] = v >>> 0;

@@ -236,12 +236,9 @@ export function nextResponseOffset(b: BackRing): number {
 
 /** `pushResponsesAndCheckNotify(b)` publishes the queued responses and is whether to notify the frontend (RING_PUSH_RESPONSES_AND_CHECK_NOTIFY). */
 export function pushResponsesAndCheckNotify(b: BackRing): boolean {
-  const s = b.sring;
-  const oldProd = Atomics.load(s.idx, RSP_PROD);
-  const newProd = b.rspProdPvt;
-  Atomics.store(s.idx, RSP_PROD, newProd);
-  const event = Atomics.load(s.idx, RSP_EVENT);
-  return ((newProd - event) >>> 0) < ((newProd - oldProd) >>> 0);
+  const oldProd = Atomics.load(b.sring.idx, RSP_PROD);
+  publishResponses(b);
+  return responsesNotifyDue(b, oldProd);
 }
 
 /**

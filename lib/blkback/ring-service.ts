@@ -265,7 +265,10 @@ export class RingService {
 
   /** `start()` begins serving: events on the channel wake the consumer; requests already queued are served. */
   start(): void {
-    this.channel.onEvent(() => this.kick());
+    this.channel.onEvent(() => {
+      this.stats.events++;
+      this.kick();
+    });
     this.kick();
   }
 
@@ -806,6 +809,7 @@ export class RingService {
   }
 
   private notify(): void {
+    this.stats.notifies++;
     try {
       this.channel.notify();
     } catch {

@@ -26,6 +26,13 @@ export interface VbdStatsSnapshot {
   readonly in_flight: number;
   /** Persistent grants mapped now (all rings). */
   readonly persistent_grants: number;
+  /**
+   * Event-channel notifications taken from the frontend, and sent to it. Requests per event is
+   * the batching the ring's event suppression achieved (ring.h req_event / rsp_event): each
+   * event is a wake-up of the backend, each notification one of the frontend.
+   */
+  readonly events: number;
+  readonly notifies: number;
   /** Latency histogram: `latency_us[i]` counts timed requests (one in LATENCY_SAMPLE) that took [2^i, 2^(i+1)) microseconds. */
   readonly latency_us: readonly number[];
   /** Approximate percentiles in microseconds (upper bound of the bucket). */
@@ -46,6 +53,8 @@ export class VbdStats {
   merged = 0;
   inFlight = 0;
   persistentGrants = 0;
+  events = 0;
+  notifies = 0;
   readonly latency = new Float64Array(LATENCY_BUCKETS);
 
   /** `recordLatency(ms)` adds one completed request that took `ms` milliseconds. */
@@ -71,6 +80,8 @@ export class VbdStats {
       merged_req: this.merged,
       in_flight: this.inFlight,
       persistent_grants: this.persistentGrants,
+      events: this.events,
+      notifies: this.notifies,
       latency_us: hist,
       p50_us: percentile(hist, 0.5),
       p99_us: percentile(hist, 0.99),

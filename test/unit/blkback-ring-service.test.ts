@@ -510,3 +510,24 @@ test('close() waits for requests in flight and answers them before unmapping', a
   assert.equal((await r).status, 0);
   await closeAndCheckClean(p);
 });
+
+test('events taken and notifications sent are counted: one each per lone request, one event for a batch', async () => {
+  const p = pair({});
+  const page = p.page(0);
+  for (let i = 0; i < 5; i++) {
+    const r = await p.submit({ operation: BLKIF_OP_READ, sectorNumber: i * 8, segs: [{ page, first: 0, last: 7 }] });
+    assert.equal(r.status, BLKIF_RSP_OKAY);
+  }
+  // Each lone request found req_event re-armed (a notification to the backend), and each
+  // response found rsp_event re-armed by the frontend's final check (one back).
+  assert.equal(p.stats.events, 5);
+  assert.equal(p.stats.notifies, 5);
+  const pages = Array.from({ length: 8 }, () => p.page(0));
+  const all = pages.map((pg, i) => p.queue({ operation: BLKIF_OP_READ, sectorNumber: i * 8, segs: [{ page: pg, first: 0, last: 7 }] }));
+  p.push();
+  for (const r of await Promise.all(all)) assert.equal(r.status, BLKIF_RSP_OKAY);
+  assert.equal(p.stats.events, 6, 'eight requests published at once are one notification');
+  assert.ok(p.stats.notifies >= 6 && p.stats.notifies <= 13, `notifications ${p.stats.notifies}`);
+  assert.equal(p.stats.snapshot().events, 6);
+  await closeAndCheckClean(p);
+});

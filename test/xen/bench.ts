@@ -10,6 +10,7 @@ import { copyFileSync, existsSync, mkdtempSync, readFileSync, realpathSync, rmSy
 import { tmpdir } from 'node:os';
 import { basename, dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { cpuTraceNote, summarizeCpuTrace } from './cpu-trace.ts';
 import { HarnessError, run } from './exec.ts';
 import { ensureFio } from './fio.ts';
 import { cannotRun, ensureHostTools } from './host-tools.ts';
@@ -133,6 +134,7 @@ function prepareRun(o: XenBenchOptions, kernelRelease: string, modulesDir: strin
       `XB_WARM=${o.warmupSeconds}`,
       `XB_LIMIT=${limit}`,
       `XB_PROFILE=${o.profileDir !== undefined ? 1 : 0}`,
+      'XB_TRACE=1',
       '',
     ].join('\n'),
   );
@@ -201,8 +203,11 @@ export async function runXenBench(o: XenBenchOptions): Promise<XenBenchResult> {
   progress();
   const prof = join(runDir, 'prof', 'xen-serve.cpuprofile');
   if (o.profileDir !== undefined && existsSync(prof)) copyFileSync(prof, join(o.profileDir, 'xen-serve.cpuprofile'));
+  const trace = join(runDir, 'prof', 'cpu-trace.txt');
+  if (o.profileDir !== undefined && existsSync(trace)) copyFileSync(trace, join(o.profileDir, 'xen-cpu-trace.txt'));
 
   const { samples, notes } = parseResults(existsSync(resultsFile) ? readFileSync(resultsFile, 'utf8') : '', o.jobs);
+  if (existsSync(trace)) notes.push(cpuTraceNote(summarizeCpuTrace(readFileSync(trace, 'utf8'))));
   const res = result.markers.find((m) => m.kind === 'result');
   const bootFail = result.markers.find((m) => m.kind === 'boot-fail');
   const crash = result.markers.find((m) => m.kind === 'crash');

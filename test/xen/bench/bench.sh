@@ -18,7 +18,9 @@ results=$XENBLK_RUN/bench.results
 slog=$XENBLK_RUN/logs/xen-bench.serve.log
 loop=
 serve=
+tracer=
 cleanup() {
+	[ -n "$tracer" ] && kill "$tracer" 2>/dev/null && rm -f /run/xenblk-cpu-trace.fifo
 	[ -n "$serve" ] && kill -9 "$serve" 2>/dev/null
 	xl domid "$DOMU" >/dev/null 2>&1 && timeout 60 xl destroy "$DOMU"
 	[ -n "$loop" ] && losetup -d "$loop"
@@ -71,6 +73,40 @@ fi
 serve=$!
 note "xenblk serve started (pid $serve) for domain $domid"
 
+# cpu_trace DOMID: with XB_TRACE=1 (bench.ts sets it), every second, the clock ticks so far (utime + stime) of
+# serve's main thread (the event loop), of all of serve's threads and of Linux blkback's thread,
+# and dom0's per-CPU /proc/stat lines (user nice system idle iowait irq softirq steal): which side
+# was saturated while each disk was driven (serve's ticks move only on its turns, the kernel
+# thread's on the other disk's). Bash builtins only (read, EPOCHREALTIME, read -t as the sleep):
+# a fork and exec in a PV dom0 under TCG costs more than a second of a CPU.
+cpu_trace() {
+	local kt= f c line pid rest
+	local -a st
+	# A FIFO nobody writes to: read -t 1 on it is a sleep without a process.
+	local fifo=/run/xenblk-cpu-trace.fifo
+	rm -f "$fifo"
+	mkfifo "$fifo" || return
+	exec {sleepfd}<>"$fifo"
+	while read -r -t 1 -u "$sleepfd" _ || true; do
+		if [ -z "$kt" ]; then
+			for pid in /proc/[0-9]*; do
+				read -r c <"$pid/comm" 2>/dev/null || continue
+				case $c in "$1.xvda"* | "blkback.$1.xvda"*) kt=${pid#/proc/} ;; esac
+			done
+		fi
+		line="$EPOCHREALTIME"
+		for f in "/proc/$serve/task/$serve/stat" "/proc/$serve/stat" "/proc/${kt:-0}/stat"; do
+			st=(0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0)
+			read -r -a st 2>/dev/null <"$f"
+			line+=" $((st[13] + st[14]))"
+		done
+		while read -r c rest; do
+			case $c in cpu[0-9]*) line+=" $c:${rest// /,}" ;; esac
+		done </proc/stat
+		echo "$line"
+	done
+}
+
 # What each frontend negotiated, once both are connected.
 fe=/local/domain/$domid/device/vbd
 shown=
@@ -85,6 +121,11 @@ while ! domu_console $DOMU | grep -q '^XENBLK-DOMU EXIT '; do
 		shown=1
 		result_note "both disks connected $((SECONDS - t0)) s after xenblk serve started"
 		if [ "${XB_PROFILE:-0}" = 1 ]; then kill -USR2 "$serve"; fi
+		if [ "${XB_TRACE:-0}" = 1 ]; then
+			mkdir -p "$XENBLK_RUN/prof"
+			cpu_trace "$domid" >"$XENBLK_RUN/prof/cpu-trace.txt" 2>&1 &
+			tracer=$!
+		fi
 	fi
 	collect
 	[ $((SECONDS - t0)) -ge "$XB_LIMIT" ] && fail "the domU did not finish within $XB_LIMIT s"
@@ -93,6 +134,7 @@ while ! domu_console $DOMU | grep -q '^XENBLK-DOMU EXIT '; do
 	sleep 2
 done
 collect
+[ -n "$tracer" ] && kill "$tracer" 2>/dev/null
 if [ "${XB_PROFILE:-0}" = 1 ]; then
 	kill -USR2 "$serve"
 	for _ in $(seq 1 30); do [ -s "$XENBLK_PROFILE_OUT" ] && break; sleep 1; done

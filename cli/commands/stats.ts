@@ -51,7 +51,7 @@ export async function run(argv: string[]): Promise<number> {
       String(r.pid), String(d.frontendDomid), vdevName(d.devid), d.state,
       String(s.rd_req), String(s.wr_req), String(s.f_req), String(s.ds_req), String(s.oo_req),
       String(s.rd_sect), String(s.wr_sect), String(s.merged_req), String(s.errors), String(s.in_flight),
-      String(s.p50_us), String(s.p99_us), String(s.persistent_grants), String(s.events ?? '-'), String(s.notifies ?? '-'),
+      String(s.p50_us), String(s.p99_us), String(s.persistent_grants), String(s.events), String(s.notifies),
     ];
   }));
   if (rows.length === 0) {

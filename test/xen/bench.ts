@@ -134,7 +134,6 @@ function prepareRun(o: XenBenchOptions, kernelRelease: string, modulesDir: strin
       `XB_WARM=${o.warmupSeconds}`,
       `XB_LIMIT=${limit}`,
       `XB_PROFILE=${o.profileDir !== undefined ? 1 : 0}`,
-      'XB_TRACE=1',
       '',
     ].join('\n'),
   );

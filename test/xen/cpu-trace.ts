@@ -57,42 +57,52 @@ function parseLine(line: string): Sample | undefined {
   return { t, main, serve, kthread, cpus };
 }
 
+type PhaseSums = { -readonly [K in keyof PhaseCpu]: number };
+
+function noSums(): PhaseSums {
+  return { seconds: 0, serveMain: 0, serveAll: 0, kthread: 0, dom0Busy: 0, dom0Idle: 0, dom0Steal: 0 };
+}
+
 /** `summarizeCpuTrace(text)` is the trace's averages while each backend was driven (absent when it never was). */
 export function summarizeCpuTrace(text: string): CpuTraceSummary {
   const samples = text.split('\n').map(parseLine).filter((s): s is Sample => s !== undefined);
-  const acc = { xenblk: [0, 0, 0, 0, 0, 0, 0], linux: [0, 0, 0, 0, 0, 0, 0] };
+  const xenblk = noSums();
+  const linux = noSums();
+  // Sums of CPU seconds and of wall seconds per phase; their ratio is the average in CPUs.
+  const cpuSeconds = (now: number, before: number): number => (now - before) / TICKS_PER_SECOND;
   for (let i = 1; i < samples.length; i++) {
     const a = samples[i - 1]!;
     const b = samples[i]!;
     const dt = b.t - a.t;
     if (!(dt > 0) || a.cpus.length !== b.cpus.length) continue;
-    const share = (x: number, y: number): number => (x - y) / TICKS_PER_SECOND / dt;
-    const main = share(b.main, a.main);
-    const kthread = share(b.kthread, a.kthread);
-    const phase = main > BUSY_SHARE && kthread < IDLE_SHARE ? acc.xenblk : kthread > BUSY_SHARE && main < IDLE_SHARE ? acc.linux : undefined;
+    const main = cpuSeconds(b.main, a.main);
+    const kthread = cpuSeconds(b.kthread, a.kthread);
+    const phase = main > BUSY_SHARE * dt && kthread < IDLE_SHARE * dt ? xenblk
+      : kthread > BUSY_SHARE * dt && main < IDLE_SHARE * dt ? linux : undefined;
     if (phase === undefined) continue;
-    let busy = 0;
-    let idle = 0;
-    let steal = 0;
+    phase.seconds += dt;
+    phase.serveMain += main;
+    phase.serveAll += cpuSeconds(b.serve, a.serve);
+    phase.kthread += kthread;
     b.cpus.forEach((c, k) => {
       const p = a.cpus[k]!;
-      busy += share(c[0], p[0]);
-      idle += share(c[1], p[1]);
-      steal += share(c[2], p[2]);
-    });
-    [dt, main * dt, share(b.serve, a.serve) * dt, kthread * dt, busy * dt, idle * dt, steal * dt].forEach((x, k) => {
-      phase[k] = phase[k]! + x;
+      phase.dom0Busy += cpuSeconds(c[0], p[0]);
+      phase.dom0Idle += cpuSeconds(c[1], p[1]);
+      phase.dom0Steal += cpuSeconds(c[2], p[2]);
     });
   }
-  const average = (v: number[]): PhaseCpu | undefined => {
-    const [seconds, ...sums] = v as [number, number, number, number, number, number, number];
-    if (seconds === 0) return undefined;
-    const [serveMain, serveAll, kthread, dom0Busy, dom0Idle, dom0Steal] = sums.map((s) => s / seconds) as [number, number, number, number, number, number];
-    return { seconds, serveMain, serveAll, kthread, dom0Busy, dom0Idle, dom0Steal };
+  const average = (v: PhaseSums): PhaseCpu | undefined => v.seconds === 0 ? undefined : {
+    seconds: v.seconds,
+    serveMain: v.serveMain / v.seconds,
+    serveAll: v.serveAll / v.seconds,
+    kthread: v.kthread / v.seconds,
+    dom0Busy: v.dom0Busy / v.seconds,
+    dom0Idle: v.dom0Idle / v.seconds,
+    dom0Steal: v.dom0Steal / v.seconds,
   };
-  const xenblk = average(acc.xenblk);
-  const linux = average(acc.linux);
-  return { cpus: samples[0]?.cpus.length ?? 0, ...(xenblk !== undefined ? { xenblk } : {}), ...(linux !== undefined ? { linux } : {}) };
+  const x = average(xenblk);
+  const l = average(linux);
+  return { cpus: samples[0]?.cpus.length ?? 0, ...(x !== undefined ? { xenblk: x } : {}), ...(l !== undefined ? { linux: l } : {}) };
 }
 
 /** `cpuTraceNote(s)` says the summary in one line for the benchmark's notes. */

@@ -19,8 +19,10 @@ slog=$XENBLK_RUN/logs/xen-bench.serve.log
 loop=
 serve=
 tracer=
+TRACE_FIFO=/run/xenblk-cpu-trace.fifo
 cleanup() {
-	[ -n "$tracer" ] && kill "$tracer" 2>/dev/null && rm -f /run/xenblk-cpu-trace.fifo
+	[ -n "$tracer" ] && kill "$tracer" 2>/dev/null
+	rm -f "$TRACE_FIFO"
 	[ -n "$serve" ] && kill -9 "$serve" 2>/dev/null
 	xl domid "$DOMU" >/dev/null 2>&1 && timeout 60 xl destroy "$DOMU"
 	[ -n "$loop" ] && losetup -d "$loop"
@@ -73,7 +75,7 @@ fi
 serve=$!
 note "xenblk serve started (pid $serve) for domain $domid"
 
-# cpu_trace DOMID: with XB_TRACE=1 (bench.ts sets it), every second, the clock ticks so far (utime + stime) of
+# cpu_trace DOMID: every second, the clock ticks so far (utime + stime) of
 # serve's main thread (the event loop), of all of serve's threads and of Linux blkback's thread,
 # and dom0's per-CPU /proc/stat lines (user nice system idle iowait irq softirq steal): which side
 # was saturated while each disk was driven (serve's ticks move only on its turns, the kernel
@@ -83,10 +85,9 @@ cpu_trace() {
 	local kt= f c line pid rest
 	local -a st
 	# A FIFO nobody writes to: read -t 1 on it is a sleep without a process.
-	local fifo=/run/xenblk-cpu-trace.fifo
-	rm -f "$fifo"
-	mkfifo "$fifo" || return
-	exec {sleepfd}<>"$fifo"
+	rm -f "$TRACE_FIFO"
+	mkfifo "$TRACE_FIFO" || return
+	exec {sleepfd}<>"$TRACE_FIFO"
 	while read -r -t 1 -u "$sleepfd" _ || true; do
 		if [ -z "$kt" ]; then
 			for pid in /proc/[0-9]*; do
@@ -121,11 +122,9 @@ while ! domu_console $DOMU | grep -q '^XENBLK-DOMU EXIT '; do
 		shown=1
 		result_note "both disks connected $((SECONDS - t0)) s after xenblk serve started"
 		if [ "${XB_PROFILE:-0}" = 1 ]; then kill -USR2 "$serve"; fi
-		if [ "${XB_TRACE:-0}" = 1 ]; then
-			mkdir -p "$XENBLK_RUN/prof"
-			cpu_trace "$domid" >"$XENBLK_RUN/prof/cpu-trace.txt" 2>&1 &
-			tracer=$!
-		fi
+		mkdir -p "$XENBLK_RUN/prof"
+		cpu_trace "$domid" >"$XENBLK_RUN/prof/cpu-trace.txt" 2>&1 &
+		tracer=$!
 	fi
 	collect
 	[ $((SECONDS - t0)) -ge "$XB_LIMIT" ] && fail "the domU did not finish within $XB_LIMIT s"

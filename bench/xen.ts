@@ -32,8 +32,16 @@ const SECONDS = 5;
 const QUICK_SECONDS = 2;
 /** fio ramp-up before each sample, not measured. */
 const RAMP_SECONDS = 1;
-/** One unmeasured run per job and backend before its repetitions (the framework's warm-up). */
-const WARMUP_SECONDS = 2;
+/**
+ * One unmeasured run per job and backend before its repetitions (the framework's warm-up), long
+ * enough for both backends to reach their steady state under TCG. xenblk serve starts cold
+ * twice over: V8 compiles its hot path (one background compile per hot function and job shape,
+ * ~100x slower than natively here), and the first 1 MiB job maps Linux blkfront's whole pool
+ * of persistent grants once, one gntdev map per grant (1056 per ring: 32 slots x (32 segments
+ * + 1 indirect page); ~5 ms of dom0 CPU each in the profile, ~5 s in all). With 2 s the first
+ * repetition of the first 4 KiB job read 0.40x where the next two read 0.95x and 0.91x.
+ */
+const WARMUP_SECONDS = 15;
 /** Backing file size (as ../shared/XEN-UNDER-QEMU.md measured kernel blkback with). */
 const DISK_MIB = 256;
 

@@ -24,11 +24,14 @@
 //   so the data is durable when acknowledged (blkfront sends FUA writes this way).
 // - In flight per ring is bounded (Linux: one pending_req per ring slot); a request that finds
 //   no free slot waits and counts as oo_req.
-// - With persistent grants the indirect descriptor pages are kept mapped too (Linux
-//   xen_blkbk_parse_indirect maps them with xen_blkbk_map, through the persistent tree), so a
-//   frontend that reuses its pages costs no map/unmap per indirect request. They live in a
-//   cache of their own, so `persistentGrants` and the stats keep counting data grants only; a
-//   page the frontend uses both ways may then be mapped twice, which costs one mapping.
+// - With persistent grants the indirect descriptor pages are kept mapped too, in the same
+//   cache as the data pages and under the same bound (Linux xen_blkbk_parse_indirect maps them
+//   with xen_blkbk_map through the one persistent tree, writable like every persistent
+//   mapping). Linux blkfront takes indirect and data pages from one pool of (segments +
+//   indirect pages) x ring slots grants (blkfront_setup_indirect: 33 x 32 = 1056 with its
+//   defaults, Linux blkback's max_persistent_grants), so a grant is an indirect page in one
+//   request and a data page in a later one: one cache maps it once, where a cache of its own
+//   for indirect pages mapped it a second time.
 // - Reads and writes consumed in one pass over the ring are plugged and issued together at its
 //   end; a run of them of one direction whose sectors follow each other goes to the backing as
 //   one vectored call (Linux: blk_start_plug/blk_finish_plug around the batch in
@@ -186,8 +189,6 @@ export class RingService {
   private readonly maxIndirect: number;
   private readonly maxInFlight: number;
   private readonly cache: PersistentGrantCache | undefined;
-  /** Indirect descriptor pages kept mapped (persistent mode). */
-  private readonly indirectCache: PersistentGrantCache | undefined;
   private readonly onHalt: ((err: RingServiceError) => void) | undefined;
   private readonly slots: Slot[] = [];
   private readonly free: Slot[] = [];
@@ -237,10 +238,6 @@ export class RingService {
     this.maxInFlight = Math.max(1, Math.min(opts.maxInFlight ?? sring.size, sring.size));
     const maxPersistent = opts.maxPersistentGrants ?? DEFAULT_MAX_PERSISTENT_GRANTS;
     this.cache = opts.persistent ? new PersistentGrantCache(opts.mapper, maxPersistent) : undefined;
-    // Bounded like the data cache, and by what the requests in flight can use at once.
-    this.indirectCache = opts.persistent && this.maxIndirect > 0
-      ? new PersistentGrantCache(opts.mapper, Math.max(1, Math.min(maxPersistent, this.maxInFlight * BLKIF_MAX_INDIRECT_PAGES_PER_REQUEST)))
-      : undefined;
   }
 
   /** `ringSize` is the number of entries of the ring. */
@@ -292,7 +289,6 @@ export class RingService {
       this.cache.clear();
       this.syncCacheCount();
     }
-    this.indirectCache?.clear();
     try {
       this.channel.close();
     } catch {
@@ -533,8 +529,8 @@ export class RingService {
     const req = s.req;
     const pages = req.nrIndirectPages;
     const scratch = this.indirectScratch;
-    if (this.indirectCache !== undefined) {
-      if (!this.copyIndirectPersistent(req, this.indirectCache)) return BLKIF_RSP_ERROR;
+    if (this.cache !== undefined) {
+      if (!this.copyIndirectPersistent(req, this.cache)) return BLKIF_RSP_ERROR;
     } else {
       let mapping: MappedGrants;
       try {
@@ -576,8 +572,9 @@ export class RingService {
         cache.release(g);
         continue;
       }
-      // Read-only suffices to read descriptors.
-      const m = this.mapIndirect(gref);
+      // Read-only would do for the descriptors, but the grant may be a data page of a read
+      // next: mapped writable when the frontend allows, as Linux maps persistent grants.
+      const m = this.mapOne(gref, false);
       if (m === undefined) {
         ok = false;
         break;
@@ -589,15 +586,8 @@ export class RingService {
         try { this.mapper.unmap(m); } catch { /* gone with the peer */ }
       }
     }
+    this.syncCacheCount();
     return ok;
-  }
-
-  private mapIndirect(gref: number): MappedGrants | undefined {
-    try {
-      return this.mapper.map(this.domid, [gref], false);
-    } catch {
-      return undefined;
-    }
   }
 
   /** Maps the request's segment grants into `s`; false (nothing left mapped) when one cannot be. */

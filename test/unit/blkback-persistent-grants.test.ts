@@ -2,6 +2,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createMemoryPlatform } from '../support/memory-host.ts';
 import { PersistentGrantCache } from '../../lib/blkback/persistent-grants.ts';
+import type { GrantMapper, MappedGrants } from '../../gnttab/gnttab.ts';
 import { VbdStats, percentile } from '../../lib/blkback/stats.ts';
 
 test('persistent grant cache: LRU eviction skips grants in use, clear unmaps everything', () => {
@@ -33,6 +34,50 @@ test('persistent grant cache: LRU eviction skips grants in use, clear unmaps eve
   assert.equal(cache.size, 0);
   assert.equal(plat.usage(0).mappings, 0);
   for (const p of pages) plat.sharer(2).endAccess(p);
+});
+
+test('persistent grant cache: references past the dense index (>= 32768) and a sparse spread are kept, found, evicted and dropped alike', () => {
+  const unmapped: number[] = [];
+  const mapper: GrantMapper = {
+    map: () => { throw new Error('not used'); },
+    unmap: (m) => { unmapped.push(m.refs[0]!); },
+    setUnmapNotify: () => undefined,
+    close: () => undefined,
+  };
+  const page = (gref: number): MappedGrants => ({ domid: 2, refs: [gref], buffer: Buffer.alloc(4096), writable: true });
+  const refs = [5, 32767, 32768, 70000, 0xffffffff, 4000];
+  const cache = new PersistentGrantCache(mapper, refs.length);
+  for (const r of refs) {
+    const g = cache.insert(r, page(r));
+    assert.ok(g, `gref ${r} cached`);
+    assert.equal(cache.insert(r, page(r)), undefined, `gref ${r} is not cached twice`);
+    cache.release(g);
+  }
+  assert.equal(cache.size, refs.length);
+  for (const r of refs) {
+    const g = cache.acquire(r);
+    assert.equal(g?.gref, r, `gref ${r} found`);
+    cache.release(g!);
+  }
+  for (const r of [6, 32766, 32769, 69999, 1 << 20]) assert.equal(cache.acquire(r), undefined, `gref ${r} was never cached`);
+  // Full: the least recently used idle grant (5, acquired first above) makes room.
+  assert.ok(cache.insert(12345, page(12345)));
+  assert.deepEqual(unmapped, [5]);
+  assert.equal(cache.acquire(5), undefined);
+  // drop forgets an idle grant on either side of the index, and leaves one in use alone.
+  cache.drop(70000);
+  cache.drop(32767);
+  const busy = cache.acquire(0xffffffff)!;
+  cache.drop(0xffffffff);
+  assert.deepEqual(unmapped, [5, 70000, 32767]);
+  assert.equal(cache.acquire(70000), undefined);
+  assert.equal(cache.acquire(32767), undefined);
+  cache.release(busy);
+  assert.equal(cache.size, 4);
+  cache.clear();
+  assert.deepEqual([...unmapped].sort((a, b) => a - b), [5, 4000, 12345, 32767, 32768, 70000, 0xffffffff]);
+  assert.equal(cache.size, 0);
+  assert.equal(cache.acquire(4000), undefined);
 });
 
 test('stats: latency histogram buckets are powers of two microseconds; percentiles are bucket bounds', () => {

@@ -228,8 +228,9 @@ for (const persistent of [false, true]) {
     dst.forEach((pg, i) => assert.equal(pg.buffer.every((x) => x === i + 1), true, `page ${i}`));
     // Read the same pages again: with persistent grants they are found in the cache.
     await p.submit({ operation: BLKIF_OP_INDIRECT, dataOp: BLKIF_OP_READ, sectorNumber: 8, segs: fullSegs(dst) });
-    assert.equal(p.svc.persistentGrants, persistent ? 80 : 0);
-    assert.equal(p.stats.persistentGrants, persistent ? 80 : 0);
+    // 80 data pages and the three requests' indirect pages, kept in one cache as Linux does.
+    assert.equal(p.svc.persistentGrants, persistent ? 83 : 0);
+    assert.equal(p.stats.persistentGrants, persistent ? 83 : 0);
     await closeAndCheckClean(p);
   });
 }
@@ -244,7 +245,7 @@ for (const persistent of [false, true]) {
     assert.deepEqual(w, { status: BLKIF_RSP_OKAY, operation: BLKIF_OP_WRITE });
     for (let i = 0; i < 600; i++) assert.equal(disk.data[(16 + i * 8) * 512 + 100], (i * 7) & 0xff, `segment ${i}`);
     assert.equal(p.stats.wrSect, 4800);
-    assert.equal(p.svc.persistentGrants, persistent ? 600 : 0);
+    assert.equal(p.svc.persistentGrants, persistent ? 600 + 2 : 0, 'the data pages and the two indirect pages');
     await closeAndCheckClean(p);
   });
 }
@@ -458,6 +459,33 @@ test('a frontend that overruns the ring halts that ring without a crash', async 
   assert.equal(halted!.field, 'req_prod');
   assert.equal(p.svc.isHalted, true);
   assert.equal(p.order.length, 0);
+  await closeAndCheckClean(p);
+});
+
+test('persistent grants: a grant that was an indirect page is found again as a data page (one cache, one bound, as Linux)', async () => {
+  const disk = createRamDisk({ size: 1 << 20 });
+  const p = pair({ backing: disk, persistent: true, maxPersistentGrants: 16 });
+  // Linux blkfront takes indirect and data pages from one pool of granted pages: a page is the
+  // indirect page of one request and carries data in the next.
+  const data = Array.from({ length: 12 }, (_, i) => p.page(i + 1));
+  const ind = p.page(0);
+  assert.equal((await p.submit({ operation: BLKIF_OP_INDIRECT, dataOp: BLKIF_OP_WRITE, sectorNumber: 0, segs: fullSegs(data), indirect: ind })).status, BLKIF_RSP_OKAY);
+  assert.equal(p.svc.persistentGrants, 13);
+  const mapped = p.plat.usage(BE).mappings;
+  // The former indirect page receives a read: found in the cache, writable, no new mapping.
+  ind.buffer.fill(0xee);
+  assert.equal((await p.submit({ operation: BLKIF_OP_READ, sectorNumber: 8, segs: fullSegs([ind]) })).status, BLKIF_RSP_OKAY);
+  assert.ok(ind.buffer.every((x) => x === 2), 'the read landed in the former indirect page');
+  assert.equal(p.plat.usage(BE).mappings, mapped, 'no map for a grant already cached as an indirect page');
+  // And a former data page serves as the next indirect page, again without a mapping.
+  const more = Array.from({ length: 3 }, (_, i) => data[i]!);
+  assert.equal((await p.submit({ operation: BLKIF_OP_INDIRECT, dataOp: BLKIF_OP_READ, sectorNumber: 0, segs: fullSegs(more), indirect: data[11]! })).status, BLKIF_RSP_OKAY);
+  assert.equal(p.plat.usage(BE).mappings, mapped);
+  assert.equal(p.svc.persistentGrants, 13);
+  // One bound for both uses: 16 in all, the least recently used idle ones evicted.
+  const extra = Array.from({ length: 6 }, () => p.page());
+  assert.equal((await p.submit({ operation: BLKIF_OP_INDIRECT, dataOp: BLKIF_OP_READ, sectorNumber: 0, segs: fullSegs(extra.slice(0, 5)), indirect: extra[5]! })).status, BLKIF_RSP_OKAY);
+  assert.equal(p.svc.persistentGrants, 16);
   await closeAndCheckClean(p);
 });
 

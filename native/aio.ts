@@ -14,6 +14,7 @@
 // memory O_DIRECT cannot use, EAGAIN) is reported to the I/O's callback like a failed completion,
 // and the caller falls back to its synchronous path.
 import { EFD, ERRNO, NativeError, SYS, bufferAddress, errno, errnoName, fail, libc, viewAt } from './libc.ts';
+import { bytesAddress } from './address.ts';
 import { FdWatch } from './fd-watch.ts';
 
 /** aio_abi.h: struct iocb is 64 bytes; fields at these offsets (little-endian layout). */
@@ -29,33 +30,6 @@ export const IOCB_CMD = { PREAD: 0, PWRITE: 1, FSYNC: 2, FDSYNC: 3, NOOP: 6, PRE
 export const IOCB_FLAG_RESFD = 1;
 /** struct iovec: base pointer and length, 16 bytes. */
 const IOVEC_SIZE = 16;
-
-/**
- * Where a buffer's memory starts, kept on the buffer itself and on its ArrayBuffer under a
- * private symbol: asking koffi costs a native call, and blkback's buffers are the same grant
- * mappings again and again (a merged 1 MiB read is 256 of them). A property read is cheaper
- * than a WeakMap lookup, which under the real-Xen benchmark's emulation cost more than the
- * io_submit it fed; reading it from the view itself also skips the `buffer` getter, a call into
- * V8's C++ runtime for a view of external memory (~1.5% of blkback on 1 MiB reads, `perf`).
- * The first time, `buffer` is read before koffi is asked, which moves a small on-heap typed
- * array's bytes off the heap for good: the address taken is then stable.
- */
-const BASE = Symbol('xenblk.address');
-type Tagged = { [BASE]?: number };
-function addressOf(b: Uint8Array): number {
-  const own = (b as Uint8Array & Tagged)[BASE];
-  if (own !== undefined) return own;
-  const ab = b.buffer as ArrayBufferLike & Tagged;
-  let base = ab[BASE];
-  if (base === undefined) {
-    base = bufferAddress(b) - b.byteOffset;
-    if (Object.isExtensible(ab)) ab[BASE] = base;
-  }
-  const at = base + b.byteOffset;
-  // Not enumerable: the caller's buffer must compare (deepStrictEqual) as it did.
-  if (Object.isExtensible(b)) Object.defineProperty(b, BASE, { value: at });
-  return at;
-}
 
 /**
  * Stores a non-negative integer below 2^53 as a little-endian u64 at word `at` of `w`. `>>> 0`
@@ -197,7 +171,7 @@ export class AioContext {
     if (buffers.length === 1) {
       const one = buffers[0]!;
       opcode = write ? IOCB_CMD.PWRITE : IOCB_CMD.PREAD;
-      buf = addressOf(one);
+      buf = bytesAddress(one);
       nbytes = total = one.byteLength;
     } else {
       // The kernel copies the iovec array during io_submit (aio_setup_rw); it is kept per slot
@@ -213,7 +187,7 @@ export class AioContext {
         const o = i * (IOVEC_SIZE / 4);
         const b = buffers[i]!;
         const len = b.byteLength;
-        putU64(iov, o, addressOf(b));
+        putU64(iov, o, bytesAddress(b));
         putU64(iov, o + 2, len);
         total += len;
       }

@@ -16,6 +16,7 @@
 // that is being given back while the mapping itself stays).
 import { detach } from './detach.ts';
 import { MAP, NativeError, PROT, addressOf, fail, isMapFailed, libc, viewAt } from './libc.ts';
+import { markAddress } from './address.ts';
 
 /** Bytes per page on every platform xenblk runs on (x86_64, arm64 with 4K pages). */
 export const PAGE = 4096;
@@ -86,7 +87,9 @@ export class Mapping {
     checkRange('view', offset, length, this.length);
     const ab = viewAt(this.address + offset, length);
     this.views.add(ab);
-    return Buffer.from(ab);
+    const buf = Buffer.from(ab);
+    markAddress(buf, this.address + offset);
+    return buf;
   }
 
   /** `m.releaseView(buf)` detaches a view handed out by `view` while the mapping stays. */

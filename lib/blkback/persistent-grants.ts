@@ -63,7 +63,7 @@ export class PersistentGrantCache {
 
   /** `acquire(gref)` is the cached grant for `gref`, marked in use and most recently used, or undefined. */
   acquire(gref: number): PersistentGrant | undefined {
-    const g = gref < this.dense.length ? this.dense[gref] : gref < DENSE_REFS ? undefined : this.sparse.get(gref);
+    const g = this.find(gref);
     if (g === undefined) return undefined;
     g.used = ++this.uses;
     g.users++;
@@ -115,8 +115,10 @@ export class PersistentGrantCache {
     this.live.length = 0;
   }
 
+  /** The cached grant for `gref` (never a read past the dense array's end). */
   private find(gref: number): PersistentGrant | undefined {
-    return gref < DENSE_REFS ? this.dense[gref] : this.sparse.get(gref);
+    if (gref < DENSE_REFS) return gref < this.dense.length ? this.dense[gref] : undefined;
+    return this.sparse.get(gref);
   }
 
   private forget(g: PersistentGrant): void {

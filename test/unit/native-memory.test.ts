@@ -9,7 +9,8 @@ import os from 'node:os';
 import path from 'node:path';
 import { Mapping, PAGE } from '../../native/memory.ts';
 import { detach } from '../../native/detach.ts';
-import { NativeError, errno, libc, viewAt, EFD } from '../../native/libc.ts';
+import { NativeError, bufferAddress, errno, libc, viewAt, EFD } from '../../native/libc.ts';
+import { bytesAddress } from '../../native/address.ts';
 import { IOC_NONE, IOC_READ, IOC_WRITE, ioc } from '../../native/ioctl.ts';
 import { mkfifo, openFifoReader, openFifoWriter, ringFifo } from '../../native/fifo.ts';
 import { BlockingUnixSocket } from '../../native/unix-socket.ts';
@@ -206,4 +207,22 @@ test('BlockingUnixSocket exchanges bytes with a Node server and reports the peer
   assert.throws(() => s.readExact(got, 1), (e: unknown) => e instanceof NativeError && e.code === 'ECONNRESET');
   s.close();
   assert.throws(() => BlockingUnixSocket.connect(path.join(d, 'absent')), (e: unknown) => e instanceof NativeError && e.code === 'ENOENT');
+});
+
+test('buffer addresses: a mapping view carries its address; other buffers and their subarrays are found through koffi once, and stay unchanged', (t) => {
+  const m = Mapping.file(tmpFile(t, 4 * PAGE), 0, 4 * PAGE, true);
+  try {
+    const v = m.view(PAGE, 2 * PAGE);
+    assert.equal(bytesAddress(v), m.address + PAGE);
+    assert.equal(bytesAddress(v), bufferAddress(v));
+    assert.equal(bytesAddress(v.subarray(100)), m.address + PAGE + 100);
+    assert.deepEqual(v, Buffer.alloc(2 * PAGE), 'the mark is invisible to comparisons');
+    const own = Buffer.alloc(3 * PAGE);
+    const part = own.subarray(512, 1024);
+    assert.equal(bytesAddress(part), bufferAddress(part));
+    assert.equal(bytesAddress(own), bufferAddress(own));
+    assert.deepEqual(Object.getOwnPropertySymbols(part), [], "a caller's view is not changed");
+  } finally {
+    m.unmap();
+  }
 });

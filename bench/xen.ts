@@ -13,7 +13,9 @@
 // QEMU (~5-10 minutes), and needs root on an x86-64 Debian host (test:xen's requirements);
 // otherwise it records a note saying why, and no figure. XENBLK_XEN_CACHE is test:xen's image
 // cache (default /var/cache/xenblk-xen; fio is packed there too); XENBLK_BENCH_XEN_KEEP=1 keeps
-// the run directory (serial.log, dom0's logs/) even when the run went well.
+// the run directory (serial.log, dom0's logs/) even when the run went well. With --profile,
+// `perf` profiles all of dom0 (kernel included) and the note says where its CPU went while each
+// disk was driven; XENBLK_BENCH_XEN_PROFILE=v8 takes a V8 CPU profile of serve instead.
 import type { Bench, BenchContext } from './framework/bench.ts';
 import { figure, type Goal } from './framework/figure.ts';
 import { spread } from './framework/stats.ts';
@@ -80,6 +82,7 @@ export const xenBench: Bench = {
       diskMiB: DISK_MIB,
       log: ctx.log,
       profileDir: ctx.profileDir,
+      profiler: process.env.XENBLK_BENCH_XEN_PROFILE === 'v8' ? 'v8' : 'perf',
     });
     for (const j of jobs) {
       const per = r.samples.get(j.id);

@@ -10,7 +10,8 @@ import { copyFileSync, existsSync, mkdtempSync, readFileSync, realpathSync, rmSy
 import { tmpdir } from 'node:os';
 import { basename, dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { cpuTraceNote, summarizeCpuTrace } from './cpu-trace.ts';
+import { cpuTraceNote, summarizeCpuTrace, traceWindows } from './cpu-trace.ts';
+import { dom0ProfileNote, summarizeDom0Profile } from './dom0-profile.ts';
 import { HarnessError, run } from './exec.ts';
 import { ensureFio } from './fio.ts';
 import { cannotRun, ensureHostTools } from './host-tools.ts';
@@ -58,8 +59,15 @@ export interface XenBenchOptions {
   /** Size of the backing file. */
   readonly diskMiB: number;
   readonly log: (line: string) => void;
-  /** Where to put a V8 CPU profile of `xenblk serve` in dom0 (bench --profile), or undefined. */
+  /** Where to put the profile of the run (bench --profile), or undefined for none. */
   readonly profileDir?: string | undefined;
+  /**
+   * What profiles the run: `perf`, all of dom0 (kernel and user; dom0-profile.ts), or `v8`, a
+   * V8 CPU profile of `xenblk serve`'s JavaScript. Not both at once: under TCG V8's sampler costs
+   * serve ~0.4 of a CPU even while it is idle, which would be in perf's figures, and serve's
+   * main thread then never looks idle, so the CPU trace finds no second of the kernel's disk alone.
+   */
+  readonly profiler?: 'perf' | 'v8';
 }
 
 export interface XenBenchResult {
@@ -133,7 +141,7 @@ function prepareRun(o: XenBenchOptions, kernelRelease: string, modulesDir: strin
       `XB_RAMP=${o.rampSeconds}`,
       `XB_WARM=${o.warmupSeconds}`,
       `XB_LIMIT=${limit}`,
-      `XB_PROFILE=${o.profileDir !== undefined ? 1 : 0}`,
+      `XB_PROFILE=${o.profileDir === undefined ? 0 : (o.profiler ?? 'perf')}`,
       '',
     ].join('\n'),
   );
@@ -207,6 +215,13 @@ export async function runXenBench(o: XenBenchOptions): Promise<XenBenchResult> {
 
   const { samples, notes } = parseResults(existsSync(resultsFile) ? readFileSync(resultsFile, 'utf8') : '', o.jobs);
   if (existsSync(trace)) notes.push(cpuTraceNote(summarizeCpuTrace(readFileSync(trace, 'utf8'))));
+  const comms = join(runDir, 'prof', 'dom0-comms.txt');
+  const serveChains = join(runDir, 'prof', 'dom0-serve.txt');
+  if (o.profileDir !== undefined && existsSync(trace) && existsSync(comms) && existsSync(serveChains)) {
+    for (const f of [comms, serveChains]) copyFileSync(f, join(o.profileDir, `xen-${basename(f)}`));
+    const windows = traceWindows(readFileSync(trace, 'utf8'));
+    notes.push(dom0ProfileNote(summarizeDom0Profile(readFileSync(comms, 'utf8'), readFileSync(serveChains, 'utf8'), windows)));
+  }
   const res = result.markers.find((m) => m.kind === 'result');
   const bootFail = result.markers.find((m) => m.kind === 'boot-fail');
   const crash = result.markers.find((m) => m.kind === 'crash');

@@ -63,23 +63,54 @@ function noSums(): PhaseSums {
   return { seconds: 0, serveMain: 0, serveAll: 0, kthread: 0, dom0Busy: 0, dom0Idle: 0, dom0Steal: 0 };
 }
 
+const cpuSeconds = (now: number, before: number): number => (now - before) / TICKS_PER_SECOND;
+
+/** Which backend alone was driven between samples `a` and `b`, if one was. */
+function phaseOf(a: Sample, b: Sample): 'xenblk' | 'linux' | undefined {
+  const dt = b.t - a.t;
+  if (!(dt > 0) || a.cpus.length !== b.cpus.length) return undefined;
+  const main = cpuSeconds(b.main, a.main);
+  const kthread = cpuSeconds(b.kthread, a.kthread);
+  if (main > BUSY_SHARE * dt && kthread < IDLE_SHARE * dt) return 'xenblk';
+  if (kthread > BUSY_SHARE * dt && main < IDLE_SHARE * dt) return 'linux';
+  return undefined;
+}
+
+function parseTrace(text: string): Sample[] {
+  return text.split('\n').map(parseLine).filter((s): s is Sample => s !== undefined);
+}
+
+/** The intervals [from, to) of epoch seconds in which one backend alone was driven. */
+export interface TraceWindows {
+  readonly xenblk: readonly (readonly [number, number])[];
+  readonly linux: readonly (readonly [number, number])[];
+}
+
+/** `traceWindows(text)` is when each backend alone was driven, by the same rule as the summary. */
+export function traceWindows(text: string): TraceWindows {
+  const samples = parseTrace(text);
+  const w = { xenblk: [] as [number, number][], linux: [] as [number, number][] };
+  for (let i = 1; i < samples.length; i++) {
+    const phase = phaseOf(samples[i - 1]!, samples[i]!);
+    if (phase !== undefined) w[phase].push([samples[i - 1]!.t, samples[i]!.t]);
+  }
+  return w;
+}
+
 /** `summarizeCpuTrace(text)` is the trace's averages while each backend was driven (absent when it never was). */
 export function summarizeCpuTrace(text: string): CpuTraceSummary {
-  const samples = text.split('\n').map(parseLine).filter((s): s is Sample => s !== undefined);
-  const xenblk = noSums();
-  const linux = noSums();
+  const samples = parseTrace(text);
+  const sums = { xenblk: noSums(), linux: noSums() };
   // Sums of CPU seconds and of wall seconds per phase; their ratio is the average in CPUs.
-  const cpuSeconds = (now: number, before: number): number => (now - before) / TICKS_PER_SECOND;
   for (let i = 1; i < samples.length; i++) {
     const a = samples[i - 1]!;
     const b = samples[i]!;
+    const which = phaseOf(a, b);
+    if (which === undefined) continue;
+    const phase = sums[which];
     const dt = b.t - a.t;
-    if (!(dt > 0) || a.cpus.length !== b.cpus.length) continue;
     const main = cpuSeconds(b.main, a.main);
     const kthread = cpuSeconds(b.kthread, a.kthread);
-    const phase = main > BUSY_SHARE * dt && kthread < IDLE_SHARE * dt ? xenblk
-      : kthread > BUSY_SHARE * dt && main < IDLE_SHARE * dt ? linux : undefined;
-    if (phase === undefined) continue;
     phase.seconds += dt;
     phase.serveMain += main;
     phase.serveAll += cpuSeconds(b.serve, a.serve);
@@ -100,8 +131,8 @@ export function summarizeCpuTrace(text: string): CpuTraceSummary {
     dom0Idle: v.dom0Idle / v.seconds,
     dom0Steal: v.dom0Steal / v.seconds,
   };
-  const x = average(xenblk);
-  const l = average(linux);
+  const x = average(sums.xenblk);
+  const l = average(sums.linux);
   return { cpus: samples[0]?.cpus.length ?? 0, ...(x !== undefined ? { xenblk: x } : {}), ...(l !== undefined ? { linux: l } : {}) };
 }
 

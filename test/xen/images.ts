@@ -20,8 +20,12 @@ const HERE = dirname(fileURLToPath(import.meta.url));
 /** The Xen release the harness targets (the one Debian 12 ships). */
 const XEN = '4.17';
 
-/** Packages debootstrap puts into dom0 besides minbase (Node comes from the host over 9p). */
-const DOM0_PACKAGES = [`xen-utils-${XEN}`, 'xenstore-utils', 'iproute2', 'kmod', 'procps', 'busybox-static', 'e2fsprogs', 'util-linux'];
+/**
+ * Packages debootstrap puts into dom0 besides minbase (Node comes from the host over 9p).
+ * linux-perf: `npm run bench -- --profile` profiles all of dom0 with it (test/xen/dom0-profile.ts);
+ * the kernel's own profiler sees what a V8 profile of serve cannot (its system calls inside).
+ */
+const DOM0_PACKAGES = [`xen-utils-${XEN}`, 'xenstore-utils', 'iproute2', 'kmod', 'procps', 'busybox-static', 'e2fsprogs', 'util-linux', 'linux-perf'];
 
 /** Modules dom0's initramfs loads to reach its root disk and the 9p shares (crc32c: ext4 metadata_csum). */
 const DOM0_INITRAMFS_MODULES = ['crc32c_generic', 'virtio_pci', 'virtio_blk', 'ext4', '9pnet_virtio', '9p'];

@@ -19,10 +19,14 @@ slog=$XENBLK_RUN/logs/xen-bench.serve.log
 loop=
 serve=
 tracer=
+kperf=
 TRACE_FIFO=/run/xenblk-cpu-trace.fifo
+# A FIFO nobody writes to: read -t on it is a sleep without a process (the loops below).
+PAUSE_FIFO=/run/xenblk-bench-pause.fifo
 cleanup() {
 	[ -n "$tracer" ] && kill "$tracer" 2>/dev/null
-	rm -f "$TRACE_FIFO"
+	[ -n "$kperf" ] && kill -INT "$kperf" 2>/dev/null
+	rm -f "$TRACE_FIFO" "$PAUSE_FIFO"
 	[ -n "$serve" ] && kill -9 "$serve" 2>/dev/null
 	xl domid "$DOMU" >/dev/null 2>&1 && timeout 60 xl destroy "$DOMU"
 	[ -n "$loop" ] && losetup -d "$loop"
@@ -30,13 +34,37 @@ cleanup() {
 }
 trap cleanup EXIT
 : >"$results"
-# collect: the notes so far and the domU's BENCH lines, replacing the results file in one rename.
-collect() {
-	{
-		grep '^NOTE ' "$results"
-		domu_console $DOMU | sed -n 's/^XENBLK-DOMU \(BENCH .*\)$/\1/p'
-	} >"$results.tmp"
-	mv "$results.tmp" "$results"
+# While the backends are measured this loop shares dom0's two CPUs with them, so it forks
+# nothing: under TCG a fork and exec in a PV dom0 costs tenths of a second of a CPU. A dom0
+# profile (perf, cpu-clock) of the loop it replaces, which piped the whole console log through
+# tr, grep and sed and renamed a results file every 2 s, put the harness's processes at ~37% of
+# dom0's sampled time, taken from serve, which needs more of dom0's CPU than the kernel path.
+# follow_console reads the domU's console log through one descriptor kept open, a line at a time
+# (a line still being written stays in $partial), copies BENCH lines to the results file as they
+# come and sets $exited on the EXIT line.
+con=
+partial=
+exited=
+follow_console() {
+	local l
+	if [ -z "$con" ]; then
+		[ -e "$CONSOLE_LOGS/guest-$DOMU.log" ] || return 0
+		exec {con}<"$CONSOLE_LOGS/guest-$DOMU.log"
+	fi
+	while :; do
+		if IFS= read -r -u "$con" l; then
+			l=$partial$l
+			partial=
+		else
+			partial+=$l
+			return 0
+		fi
+		l=${l//$'\r'/}
+		case $l in
+		'XENBLK-DOMU BENCH '*) echo "${l#XENBLK-DOMU }" >>"$results" ;;
+		'XENBLK-DOMU EXIT '*) exited=1 ;;
+		esac
+	done
 }
 result_note() {
 	note "$*"
@@ -60,12 +88,13 @@ DOMU_MEMORY=512 domu_start $DOMU bench "phy:$loop,xvda,w,script=$XENBLK_HOTPLUG"
 	disks=linux-blkback:xvda,xenblk:xvdb jobs="$XB_JOBS" reps="$XB_REPS" secs="$XB_SECS" \
 	ramp="$XB_RAMP" warm="$XB_WARM" md5="$md5" wait=180
 domid=$(xl domid $DOMU) || fail "no domid for $DOMU"
-# With XB_PROFILE=1 (bench --profile) serve records a V8 CPU profile of the workload only
-# (test/xen/bench/profile-hook.mjs: started by SIGUSR2 once both disks are connected, written by
-# the next SIGUSR2 when the domU is done) into $XENBLK_RUN/prof/, sampled every 4 ms (at 1 ms
-# the sampling thread took as much CPU as serve); the host summarises it with the others.
+# With XB_PROFILE=v8 (bench --profile with XENBLK_BENCH_XEN_PROFILE=v8) serve records a V8 CPU
+# profile of the workload only (test/xen/bench/profile-hook.mjs: started by SIGUSR2 once both
+# disks are connected, written by the next SIGUSR2 when the domU is done) into $XENBLK_RUN/prof/,
+# sampled every 4 ms (at 1 ms the sampling thread took as much CPU as serve); the host
+# summarises it with the others.
 nodeopts=
-if [ "${XB_PROFILE:-0}" = 1 ]; then
+if [ "${XB_PROFILE:-0}" = v8 ]; then
 	mkdir -p "$XENBLK_RUN/prof"
 	nodeopts="--import $XENBLK_REPO/test/xen/bench/profile-hook.mjs"
 	export XENBLK_PROFILE_OUT=$XENBLK_RUN/prof/xen-serve.cpuprofile
@@ -112,7 +141,11 @@ cpu_trace() {
 fe=/local/domain/$domid/device/vbd
 shown=
 t0=$SECONDS
-while ! domu_console $DOMU | grep -q '^XENBLK-DOMU EXIT '; do
+rm -f "$PAUSE_FIFO"
+mkfifo "$PAUSE_FIFO" || fail "mkfifo $PAUSE_FIFO"
+exec {pausefd}<>"$PAUSE_FIFO"
+alive_at=$SECONDS
+while follow_console; [ -z "$exited" ]; do
 	if [ -z "$shown" ] && [ "$(xenstore-read "$fe/51712/state" 2>/dev/null)" = 4 ] && [ "$(xenstore-read "$fe/51728/state" 2>/dev/null)" = 4 ]; then
 		for dev in 51712:linux-blkback 51728:xenblk; do
 			p=$fe/${dev%%:*}
@@ -121,20 +154,41 @@ while ! domu_console $DOMU | grep -q '^XENBLK-DOMU EXIT '; do
 		done
 		shown=1
 		result_note "both disks connected $((SECONDS - t0)) s after xenblk serve started"
-		if [ "${XB_PROFILE:-0}" = 1 ]; then kill -USR2 "$serve"; fi
+		if [ "${XB_PROFILE:-0}" = v8 ]; then kill -USR2 "$serve"; fi
 		mkdir -p "$XENBLK_RUN/prof"
 		cpu_trace "$domid" >"$XENBLK_RUN/prof/cpu-trace.txt" 2>&1 &
 		tracer=$!
+		# With XB_PROFILE=perf (bench --profile), a profile of all of dom0 (kernel and user, call
+		# chains) on the trace's clock: test/xen/dom0-profile.ts splits it by the trace's windows.
+		if [ "${XB_PROFILE:-0}" = perf ] && ! command -v perf >/dev/null; then
+			result_note "no perf in dom0: no dom0 profile"
+		elif [ "${XB_PROFILE:-0}" = perf ]; then
+			perf record -a -g -F 99 -k CLOCK_REALTIME -o "$XENBLK_RUN/prof/dom0.perf.data" >"$XENBLK_RUN/prof/perf-record.log" 2>&1 &
+			kperf=$!
+		fi
 	fi
-	collect
 	[ $((SECONDS - t0)) -ge "$XB_LIMIT" ] && fail "the domU did not finish within $XB_LIMIT s"
-	xl domid $DOMU >/dev/null 2>&1 || fail "domU $DOMU is gone before its workload finished"
+	# xl is the one process left here: every 30 s, so that a domU that died is noticed.
+	if [ $((SECONDS - alive_at)) -ge 30 ]; then
+		xl domid $DOMU >/dev/null 2>&1 || fail "domU $DOMU is gone before its workload finished"
+		alive_at=$SECONDS
+	fi
 	kill -0 "$serve" 2>/dev/null || { cat "$slog"; fail "xenblk serve exited during the benchmark"; }
-	sleep 2
+	read -r -t 2 -u "$pausefd" _ || true
 done
-collect
+exec {pausefd}>&- {con}<&-
+rm -f "$PAUSE_FIFO"
 [ -n "$tracer" ] && kill "$tracer" 2>/dev/null
-if [ "${XB_PROFILE:-0}" = 1 ]; then
+if [ -n "$kperf" ]; then
+	kill -INT "$kperf"
+	wait "$kperf"
+	kperf=
+	# Symbols resolve here (dom0's kallsyms); every sample's task, then serve's with call chains.
+	perf script -i "$XENBLK_RUN/prof/dom0.perf.data" -F comm,pid,time -G >"$XENBLK_RUN/prof/dom0-comms.txt" 2>>"$XENBLK_RUN/prof/perf-record.log"
+	perf script -i "$XENBLK_RUN/prof/dom0.perf.data" --pid "$serve" -F time,ip,sym >"$XENBLK_RUN/prof/dom0-serve.txt" 2>>"$XENBLK_RUN/prof/perf-record.log"
+	rm -f "$XENBLK_RUN/prof/dom0.perf.data"
+fi
+if [ "${XB_PROFILE:-0}" = v8 ]; then
 	kill -USR2 "$serve"
 	for _ in $(seq 1 30); do [ -s "$XENBLK_PROFILE_OUT" ] && break; sleep 1; done
 fi

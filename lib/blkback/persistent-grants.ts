@@ -76,7 +76,7 @@ export class PersistentGrantCache {
    */
   insert(gref: number, mapping: MappedGrants): PersistentGrant | undefined {
     if (this.find(gref) !== undefined) return undefined;
-    if (this.live.length >= this.max && !this.evictOne()) return undefined;
+    if (this.live.length >= this.max && !this.evictIdle()) return undefined;
     const g: PersistentGrant = { gref, mapping, users: 1, used: ++this.uses, at: this.live.length };
     if (gref < DENSE_REFS) {
       if (gref >= this.dense.length) this.grow(gref);
@@ -141,7 +141,11 @@ export class PersistentGrantCache {
     this.dense = next;
   }
 
-  private evictOne(): boolean {
+  /**
+   * `evictIdle()` unmaps and forgets the least recently used grant no request is using, and is
+   * false (nothing done) when every cached grant is in use.
+   */
+  evictIdle(): boolean {
     let oldest: PersistentGrant | undefined;
     for (const g of this.live) {
       if (g.users === 0 && (oldest === undefined || g.used < oldest.used)) oldest = g;

@@ -54,6 +54,7 @@
 // mapping, and the promise).
 import type { GrantMapper, MappedGrants } from '../../gnttab/gnttab.ts';
 import { PAGE_SIZE } from '../../gnttab/gnttab.ts';
+import { isGnttabError } from '../../gnttab/error.ts';
 import type { EventChannel } from '../../evtchn/evtchn.ts';
 import type { BlkifAbi, BlkifRequest, BlkifResponse } from '../../protocol/blkif.ts';
 import {
@@ -647,17 +648,30 @@ export class RingService {
     return true;
   }
 
-  /** Maps one grant for the persistent cache: writable if the frontend allows, else read-only when that suffices. */
+  /**
+   * Maps one grant for the persistent cache: writable if the frontend allows, else read-only when
+   * that suffices. A map refused for want of mappings (ENOMEM: on Linux each persistent grant is
+   * a gntdev mapping of its own, one VMA, and a process may have vm.max_map_count of them, 65530
+   * by default, ~62 rings of Linux blkfront's 1056-grant pools) gives back idle persistent grants
+   * one at a time until it succeeds, so a backend serving many rings keeps fewer grants per ring
+   * instead of failing I/O. Any other refusal is the frontend's grant, and evicts nothing.
+   */
   private mapOne(gref: number, needWrite: boolean): MappedGrants | undefined {
-    try {
-      return this.mapper.map(this.domid, [gref], true);
-    } catch {
-      if (needWrite) return undefined;
-    }
-    try {
-      return this.mapper.map(this.domid, [gref], false);
-    } catch {
-      return undefined;
+    for (;;) {
+      let e: unknown;
+      try {
+        return this.mapper.map(this.domid, [gref], true);
+      } catch (err) {
+        e = err;
+      }
+      if (!needWrite && !isGnttabError(e, 'ENOMEM')) {
+        try {
+          return this.mapper.map(this.domid, [gref], false);
+        } catch (err) {
+          e = err;
+        }
+      }
+      if (!isGnttabError(e, 'ENOMEM') || this.cache === undefined || !this.cache.evictIdle()) return undefined;
     }
   }
 

@@ -6,7 +6,8 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createMemoryPlatform } from '../support/memory-host.ts';
 import type { MemoryPlatform } from '../support/memory-host.ts';
-import type { SharedPages } from '../../gnttab/gnttab.ts';
+import type { GrantMapper, SharedPages } from '../../gnttab/gnttab.ts';
+import { GnttabError } from '../../gnttab/error.ts';
 import type { EventChannel } from '../../evtchn/evtchn.ts';
 import type { BlkifAbi, BlkifRequest } from '../../protocol/blkif.ts';
 import {
@@ -53,6 +54,8 @@ function pair(opts: {
   abi?: BlkifAbi; order?: number; backing?: BlockBackend; vbd?: Partial<VbdGeometry>;
   persistent?: boolean; maxPersistentGrants?: number; maxIndirect?: number; maxInFlight?: number;
   onHalt?: (e: RingServiceError) => void;
+  /** Wraps the backend's mapper for the service (the ring itself is mapped without it). */
+  wrapMapper?: (m: GrantMapper) => GrantMapper;
 } = {}): Pair {
   const abi = opts.abi ?? 'x86_64';
   const plat = createMemoryPlatform({ ramPages: 2048 });
@@ -71,7 +74,7 @@ function pair(opts: {
   };
   const stats = new VbdStats();
   const svc = new RingService({
-    abi, ring, channel, mapper, frontendDomid: FE, backing, vbd, stats,
+    abi, ring, channel, mapper: opts.wrapMapper?.(mapper) ?? mapper, frontendDomid: FE, backing, vbd, stats,
     persistent: opts.persistent ?? false, maxPersistentGrants: opts.maxPersistentGrants,
     maxIndirectSegments: opts.maxIndirect ?? 256, maxInFlight: opts.maxInFlight, onHalt: opts.onHalt,
   });
@@ -505,6 +508,60 @@ test('persistent grants stay mapped, bounded by an LRU; all are released at clos
   many.forEach((pg, i) => assert.equal(pg.buffer[0], i));
   assert.equal(p.plat.usage(BE).mappings, 4 + 1);
   await closeAndCheckClean(p);
+});
+
+test('persistent grants: a map refused for want of mappings (ENOMEM) gives back idle grants instead of failing I/O', async () => {
+  // A process may hold only so many mappings (on Linux one VMA per persistent grant, up to
+  // vm.max_map_count): here 5, far below the cache's bound of 64.
+  const LIMIT = 5;
+  let live = 0;
+  let refused = 0;
+  const ours = new WeakSet<object>(); // the ring's own mapping, made before, is not counted
+  const p = pair({
+    persistent: true,
+    maxPersistentGrants: 64,
+    wrapMapper: (m) => ({
+      map(domid, refs, writable) {
+        if (live + refs.length > LIMIT) {
+          refused++;
+          throw new GnttabError('ENOMEM', 'map', domid, refs[0], 'test: out of mappings');
+        }
+        const x = m.map(domid, refs, writable);
+        live += refs.length;
+        ours.add(x);
+        return x;
+      },
+      unmap(x) {
+        m.unmap(x);
+        if (ours.delete(x)) live -= x.refs.length;
+      },
+      setUnmapNotify: (x, n) => m.setUnmapNotify(x, n),
+      close: () => m.close(),
+    }),
+  });
+  // Eight writes of two fresh pages each (16 grants), then each read back through two more.
+  for (let i = 0; i < 8; i++) {
+    const segs = fullSegs([p.page(0x20 + 2 * i), p.page(0x21 + 2 * i)]);
+    assert.equal((await p.submit({ operation: BLKIF_OP_WRITE, sectorNumber: i * 16, segs })).status, BLKIF_RSP_OKAY);
+    assert.ok(p.svc.persistentGrants <= LIMIT);
+  }
+  assert.ok(refused > 0, 'the limit was reached');
+  for (let i = 0; i < 8; i++) {
+    const pages = [p.page(), p.page()];
+    assert.equal((await p.submit({ operation: BLKIF_OP_READ, sectorNumber: i * 16, segs: fullSegs(pages) })).status, BLKIF_RSP_OKAY);
+    assert.ok(pages[0]!.buffer.every((b) => b === 0x20 + 2 * i) && pages[1]!.buffer.every((b) => b === 0x21 + 2 * i), `data of write ${i}`);
+  }
+  assert.equal(p.svc.persistentGrants, LIMIT);
+  // A grant the frontend never made: at the limit the map is refused for want of mappings first
+  // (as mmap is before gntdev asks Xen), so one idle grant goes and the retry fails for the
+  // grant itself; below the limit, nothing goes. Either way the request fails.
+  const stranger = { page: { refs: [4000] } as unknown as SharedPages, first: 0, last: 7 };
+  assert.equal((await p.submit({ operation: BLKIF_OP_READ, sectorNumber: 0, segs: [stranger] })).status, BLKIF_RSP_ERROR);
+  assert.equal(p.svc.persistentGrants, LIMIT - 1);
+  assert.equal((await p.submit({ operation: BLKIF_OP_READ, sectorNumber: 0, segs: [stranger] })).status, BLKIF_RSP_ERROR);
+  assert.equal(p.svc.persistentGrants, LIMIT - 1);
+  await closeAndCheckClean(p);
+  assert.equal(live, 0, 'every mapping released at close');
 });
 
 test('a flush with data writes it between two flushes; without a cache a flush is a no-op that succeeds', async () => {

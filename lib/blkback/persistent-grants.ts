@@ -7,8 +7,10 @@
 // Here eviction happens on demand: inserting into a full cache unmaps the least recently used
 // grant not in use; if every cached grant is in use the new mapping is not cached and the
 // caller unmaps it after the request, as Linux maps a grant non-persistently when the tree is
-// full. Recency is a use stamp per grant (one store per use, where re-inserting into the Map
-// cost two hash operations per segment); eviction, rare, scans for the oldest idle stamp.
+// full. The ring also evicts when the system refuses a new mapping for want of mappings
+// (ring-service.ts mapOne). Recency is a use stamp per grant (one store per use, where
+// re-inserting into the Map cost two hash operations per segment); eviction, rare, scans for
+// the oldest idle stamp.
 //
 // Lookup is by grant reference once per segment (256 times for a 1 MiB request). References a
 // frontend hands out are small integers (a Linux guest takes them from its grant table, 512

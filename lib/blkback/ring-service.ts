@@ -658,21 +658,22 @@ export class RingService {
    */
   private mapOne(gref: number, needWrite: boolean): MappedGrants | undefined {
     for (;;) {
-      let e: unknown;
       try {
-        return this.mapper.map(this.domid, [gref], true);
-      } catch (err) {
-        e = err;
+        return this.mapWritableFirst(gref, needWrite);
+      } catch (e) {
+        if (!isGnttabError(e, 'ENOMEM') || this.cache === undefined || !this.cache.evictIdle()) return undefined;
       }
-      if (!needWrite && !isGnttabError(e, 'ENOMEM')) {
-        try {
-          return this.mapper.map(this.domid, [gref], false);
-        } catch (err) {
-          e = err;
-        }
-      }
-      if (!isGnttabError(e, 'ENOMEM') || this.cache === undefined || !this.cache.evictIdle()) return undefined;
     }
+  }
+
+  /** One grant mapped writable, or read-only when that suffices and writable was refused for the grant's sake; throws the refusal. */
+  private mapWritableFirst(gref: number, needWrite: boolean): MappedGrants {
+    try {
+      return this.mapper.map(this.domid, [gref], true);
+    } catch (e) {
+      if (needWrite || isGnttabError(e, 'ENOMEM')) throw e;
+    }
+    return this.mapper.map(this.domid, [gref], false);
   }
 
   /** Unmaps or releases every grant `s` holds (before its response is published). */

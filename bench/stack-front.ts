@@ -2,7 +2,11 @@
 // simulated host using lib/blkfront, the product's frontend, through its Block API. Run as a
 // worker (framework/worker.ts):
 //   host {dir, domid} -> {}                      attach as the guest domain
-//   attach {vdev, opts} -> BlockInfo             Blkfront.attach(host, vdev, opts)
+//   attach {vdev, opts, plainBuffers} -> BlockInfo
+//                                                Blkfront.attach(host, vdev, opts); the workload's
+//                                                buffers are the device's I/O buffers (granted in
+//                                                place), or with plainBuffers anonymous memory that
+//                                                blkfront copies through its grant pool
 //   run {vdev, workload} -> WorkloadResult       framework/workload.ts on that disk
 //   detach {vdev} -> {}
 import { attachSim, type SimHost } from '../lib/sim/attach.ts';
@@ -25,7 +29,7 @@ serveWorker(
       host = await attachSim({ dir: a.dir, domid: a.domid });
       return {};
     },
-    attach: async (a: { vdev: string; opts?: BlkfrontOptions }) => {
+    attach: async (a: { vdev: string; opts?: BlkfrontOptions; plainBuffers?: boolean }) => {
       if (host === undefined) throw new Error('attach before host');
       const dev = await Blkfront.attach(host, a.vdev, a.opts ?? {});
       const info = await dev.getInfo();
@@ -34,6 +38,7 @@ serveWorker(
       const target: IoTarget = {
         read: (off, buf) => dev.read(off / per, buf),
         write: (off, buf) => dev.write(off / per, buf),
+        ...(a.plainBuffers === true ? {} : { alloc: (bytes: number) => dev.allocBuffer(bytes) }),
       };
       disks.set(a.vdev, { dev, target });
       return info;

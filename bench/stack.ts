@@ -61,6 +61,8 @@ interface Variant {
   readonly id: string;
   readonly vdev: string;
   readonly opts: BlkfrontOptions;
+  /** The workload's buffers are plain memory, copied by blkfront, instead of the device's I/O buffers. */
+  readonly plainBuffers?: boolean;
   /** The disk it is compared with, and how that one is described. */
   readonly baseVdev: string;
   readonly baseLabel: string;
@@ -76,6 +78,7 @@ export const VARIANTS: readonly Variant[] = [
   { id: 'no-persistent', vdev: 'xvdc', opts: { persistent: false }, baseVdev: DEFAULT_VDEV, baseLabel: 'persistent grants (default)', jobs: ['4k-randread-qd32', '1m-seqread-qd4'], what: 'without persistent grants (grant and map per request)' },
   { id: 'order0', vdev: 'xvdd', opts: { maxRingPageOrder: 0 }, baseVdev: DEFAULT_VDEV, baseLabel: 'ring order 4 (default)', jobs: ['4k-randread-qd32', '1m-seqread-qd4'], what: 'one-page rings (32 slots) instead of 16 pages (512)' },
   { id: 'queues1', vdev: 'xvde', opts: { maxQueues: 1 }, baseVdev: QUEUES4_VDEV, baseLabel: '4 queues', jobs: ['4k-randread-qd32'], what: 'one queue against four (multi-queue-num-queues)' },
+  { id: 'copy', vdev: 'xvdh', opts: {}, plainBuffers: true, baseVdev: DEFAULT_VDEV, baseLabel: 'I/O buffers granted in place (default)', jobs: ['4k-randread-qd32', '1m-seqread-qd4', '1m-seqwrite-qd4'], what: 'the caller\'s own memory, copied through the persistent grant pool (Linux blkfront\'s way)' },
   { id: 'no-indirect', vdev: 'xvdg', opts: { maxIndirectSegments: 0 }, baseVdev: DEFAULT_VDEV, baseLabel: 'indirect 32 segments (default)', jobs: ['64k-seqread-qd4', '1m-seqread-qd4'], what: 'direct requests only (11 segments) instead of indirect ones' },
 ];
 
@@ -153,9 +156,9 @@ export const stackBench: Bench = {
       const vdevs = [DEFAULT_VDEV, ...new Set(variants.flatMap(({ v }) => [v.vdev, v.baseVdev]))];
       for (const vdev of new Set(vdevs)) await createVbd(toolstack.xenstore, { frontendDomid: FRONT_DOMID, vdev, params: file });
       const attached = new Set<string>();
-      const attach = async (vdev: string, opts: BlkfrontOptions): Promise<void> => {
+      const attach = async (vdev: string, opts: BlkfrontOptions, plainBuffers = false): Promise<void> => {
         if (attached.has(vdev)) return;
-        const info = await front.call<{ features: Record<string, unknown> }>('attach', { vdev, opts });
+        const info = await front.call<{ features: Record<string, unknown> }>('attach', { vdev, opts, plainBuffers });
         attached.add(vdev);
         const f = info.features;
         ctx.log(`${vdev}: ${f.queues} queue(s), ring order ${f.ringPageOrder}, persistent ${f.persistentGrants}, indirect ${f.indirectSegments}`);
@@ -170,7 +173,7 @@ export const stackBench: Bench = {
         ? 'both sides O_DIRECT: no dom0 page cache on either (a cache below this VM\'s disk, if any, serves both alike)'
         : `O_DIRECT refused by ${fsInfo.type}: both sides buffered, so the page cache serves both (${FILE_BYTES / MiB} MiB file < free memory)`;
       ctx.note(`stack: backing file ${file} on ${fsInfo.device} (${fsInfo.type}), ${FILE_BYTES / MiB} MiB; ${cache}`);
-      ctx.note(`stack: frontend defaults on this machine: ring order 4, queues min(4, CPUs) = ${Math.min(4, os.availableParallelism())}, persistent grants, indirect 32 segments; backend: lib/blkback defaults`);
+      ctx.note(`stack: frontend defaults on this machine: ring order 4, queues min(4, CPUs) = ${Math.min(4, os.availableParallelism())}, persistent grants, indirect 32 segments; the workload's buffers are the device's I/O buffers (Blkfront.allocBuffer: granted to the backend once, data in place, no copy; stack.*.copy uses plain memory, copied through the grant pool); backend: lib/blkback defaults`);
 
       const profileDir = ctx.profileDir;
       if (profileDir !== undefined) await Promise.all([front.profileStart(), back.profileStart()]);
@@ -215,7 +218,7 @@ export const stackBench: Bench = {
       }
       for (const { v, job } of variants) {
         await attach(v.baseVdev, v.baseVdev === QUEUES4_VDEV ? { maxQueues: 4 } : {});
-        await attach(v.vdev, v.opts);
+        await attach(v.vdev, v.opts, v.plainBuffers === true);
         await ctx.measure(
           {
             name: `stack.${job.id}.${v.id}`,

@@ -4,7 +4,8 @@
 // uniformly random (block-aligned, xorshift32) or sequential (one shared cursor, wrapping at
 // the end of the span, kept across samples so consecutive samples move on through the file).
 // Buffers are page-aligned (anonymous mmap) so that O_DIRECT accepts them on the direct side;
-// the frontend gets the same kind of memory.
+// a target may allocate its own instead (blkfront's I/O buffers, granted to the backend once,
+// as fio's engines choose their `iomem`).
 import { MAP, PROT, addressOf, isMapFailed, libc, viewAt } from '../../native/libc.ts';
 
 /** One workload. */
@@ -34,6 +35,8 @@ export interface WorkloadResult {
 export interface IoTarget {
   read(offset: number, buf: Uint8Array): Promise<unknown>;
   write(offset: number, buf: Uint8Array): Promise<unknown>;
+  /** Page-aligned memory for the lanes' buffers, when the target has its own kind (default: alignedBuffer). */
+  readonly alloc?: (bytes: number) => Buffer;
 }
 
 /** `alignedBuffer(bytes)` is a page-aligned, zeroed Buffer of anonymous memory (kept for the process's life). */
@@ -44,19 +47,22 @@ export function alignedBuffer(bytes: number): Buffer {
   return Buffer.from(viewAt(addressOf(p), len)).subarray(0, bytes);
 }
 
-const buffers = new Map<string, Buffer[]>();
+/** The lanes' buffers of each target, by queue depth and block size (made once, reused by every sample). */
+const buffers = new WeakMap<IoTarget, Map<string, Buffer[]>>();
 
-function lanesBuffers(qd: number, bs: number): Buffer[] {
+function lanesBuffers(target: IoTarget, qd: number, bs: number): Buffer[] {
   const key = `${qd}/${bs}`;
-  let b = buffers.get(key);
+  let mine = buffers.get(target);
+  if (mine === undefined) buffers.set(target, (mine = new Map()));
+  let b = mine.get(key);
   if (b === undefined) {
     b = [];
     for (let i = 0; i < qd; i++) {
-      const buf = alignedBuffer(bs);
+      const buf = target.alloc !== undefined ? target.alloc(bs) : alignedBuffer(bs);
       for (let j = 0; j < bs; j += 512) buf[j] = (i + j) & 0xff; // writes carry non-zero data
       b.push(buf);
     }
-    buffers.set(key, b);
+    mine.set(key, b);
   }
   return b;
 }
@@ -67,7 +73,7 @@ const cursors = new Map<number, number>();
 export async function runWorkload(target: IoTarget, w: Workload): Promise<WorkloadResult> {
   const blocks = Math.floor(w.span / w.bs);
   if (blocks < 1) throw new Error(`span ${w.span} smaller than one ${w.bs}-byte block`);
-  const bufs = lanesBuffers(w.qd, w.bs);
+  const bufs = lanesBuffers(target, w.qd, w.bs);
   let seed = w.seed >>> 0 || 1;
   let cursor = cursors.get(w.bs) ?? 0;
   const next = w.pattern === 'rand'

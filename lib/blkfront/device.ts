@@ -28,6 +28,7 @@ import {
 } from './features.ts';
 import type { BackendDisk, FrontendLimits, IoNegotiated, KeyReader, RingGeometry } from './features.ts';
 import { GrantReaper } from './grant-pool.ts';
+import { IoBuffers } from './io-buffers.ts';
 import { locateVbd, protocolName, publishRings, readState, writeState } from './handshake.ts';
 import type { VbdLocation } from './handshake.ts';
 import { Dispatcher } from './dispatcher.ts';
@@ -138,6 +139,7 @@ export class Blkfront extends EventEmitter {
   private readonly xs: Xenstore;
   private readonly limits: FrontendLimits;
   private readonly reaper: GrantReaper;
+  private readonly ioBuffers: IoBuffers;
   private readonly dispatcher: Dispatcher;
   private readonly read_: KeyReader;
   private readonly started = Date.now();
@@ -172,6 +174,7 @@ export class Blkfront extends EventEmitter {
     this.closeTimeoutMs = opts.closeTimeoutMs ?? 5_000;
     this.maxPersistentPages = opts.maxPersistentPages ?? 1024;
     this.reaper = new GrantReaper(host.sharer);
+    this.ioBuffers = new IoBuffers(host.sharer, this.reaper);
     this.read_ = (key) => this.xs.tryRead(key);
     this.dispatcher = new Dispatcher(
       (e) => this.onProtocolError(e),
@@ -238,11 +241,28 @@ export class Blkfront extends EventEmitter {
     return this.rw('write', sector, buffers, opts);
   }
 
+  /**
+   * `allocBuffer(bytes)` is a zeroed, page-aligned buffer of whole pages granted to the backend
+   * for as long as it is allocated: reads and writes whose data sits in it at the page offset
+   * of its disk offset (page-aligned I/O into page-aligned parts of it) skip blkfront's copy.
+   * The backend can read and write it until `freeBuffer` (see io-buffers.ts); `disconnect()`
+   * frees every such buffer.
+   */
+  allocBuffer(bytes: number): Buffer {
+    if (this.phase === 'closing' || this.phase === 'closed') throw this.goneError();
+    return this.ioBuffers.alloc(this.location.backendDomid, bytes);
+  }
+
+  /** `freeBuffer(buf)` revokes an `allocBuffer` buffer (any view of it) and detaches it; EBUSY while a request uses it. */
+  freeBuffer(buf: Uint8Array): void {
+    this.ioBuffers.free(buf);
+  }
+
   private rw(kind: 'read' | 'write', sector: number, buffers: Uint8Array | readonly Uint8Array[], opts: IoOptions): Promise<void> {
     const disk = this.disk;
     if (disk === null) return Promise.reject(this.goneError());
     const list = buffers instanceof Uint8Array ? [buffers] : buffers;
-    const data = new ScatterList(list);
+    const data = new ScatterList(list, this.ioBuffers);
     if (data.length % disk.sectorSize !== 0) {
       return Promise.reject(new BlkfrontError('EINVAL', `${kind} of ${data.length} bytes: not a multiple of the sector size ${disk.sectorSize}`, 'buffers', data.length));
     }
@@ -675,6 +695,7 @@ export class Blkfront extends EventEmitter {
     } finally {
       this.dispatcher.closeQueues();
       this.discardTalked();
+      this.ioBuffers.releaseAll();
       await this.reaper.drain(this.closeTimeoutMs).catch(() => false);
       const w = this.watch;
       this.watch = null;

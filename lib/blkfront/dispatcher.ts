@@ -45,6 +45,8 @@ export interface DispatchStats {
   reissued: number;
   /** Responses with a status other than BLKIF_RSP_OKAY. */
   errorResponses: number;
+  /** Requests whose data segments were the caller's I/O buffers, granted in place (no copy). */
+  inPlace: number;
 }
 
 type Phase = 'waiting' | 'running' | 'failed';
@@ -61,7 +63,7 @@ export class Dispatcher implements QueueOwner {
   private rotate = 0;
   private idleWaiters: (() => void)[] = [];
   private pumping = false;
-  readonly stats: DispatchStats = { opsOk: 0, opsFailed: 0, requests: 0, reissued: 0, errorResponses: 0 };
+  readonly stats: DispatchStats = { opsOk: 0, opsFailed: 0, requests: 0, reissued: 0, errorResponses: 0, inPlace: 0 };
 
   constructor(
     /** Called when the backend breaks the protocol on a ring; the device decides what follows. */

@@ -15,8 +15,10 @@
  * - `ENODEV`: the device is gone (hot-unplugged, disconnected, or never connected).
  * - `ETIMEDOUT`: the backend did not reach the awaited state in time.
  * - `ABORT_ERR`: the caller's AbortSignal fired.
+ * - `ENOMEM`: no grant entries or memory left for an I/O buffer.
+ * - `EBUSY`: an I/O buffer freed while a request on a ring still uses it.
  */
-export type BlkfrontErrorCode = 'EIO' | 'EOPNOTSUPP' | 'EROFS' | 'EINVAL' | 'EPROTO' | 'ENODEV' | 'ETIMEDOUT' | 'ABORT_ERR';
+export type BlkfrontErrorCode = 'EIO' | 'EOPNOTSUPP' | 'EROFS' | 'EINVAL' | 'EPROTO' | 'ENODEV' | 'ETIMEDOUT' | 'ABORT_ERR' | 'ENOMEM' | 'EBUSY';
 
 /** `BlkfrontError` is a failed blkfront operation; `field`/`value` name the input or peer data at fault. */
 export class BlkfrontError extends Error {

@@ -25,7 +25,9 @@ import type { FrontRing } from '../../protocol/ring.ts';
 import { BlkfrontError } from './errors.ts';
 import { GrantReaper, PersistentGrantPool } from './grant-pool.ts';
 import type { IoOp } from './op.ts';
+import type { IoBufferEntry } from './io-buffers.ts';
 import { indirectPagesFor, newSegmentGeometry, segmentAt, segmentsFor, usesIndirect } from './requests.ts';
+import type { GrantedPage, ScatterList } from './requests.ts';
 
 /** What a queue reports to the dispatcher that owns it. */
 export interface QueueOwner {
@@ -35,6 +37,8 @@ export interface QueueOwner {
   protocolError(e: BlkfrontError): void;
   /** Responses were consumed: slots and grants may be free for waiting requests. */
   kick(): void;
+  /** Counters the queue adds to. */
+  readonly stats: { inPlace: number };
 }
 
 /** Per-connection I/O settings a queue needs (known once the backend is Connected). */
@@ -77,8 +81,16 @@ interface Slot {
   count: number;
   nData: number;
   nIndirect: number;
-  /** Pool handles (persistent) of data pages then indirect pages. */
+  /**
+   * The request's pages i >= pooledFrom came from the pool or were shared for it: data pages
+   * then indirect pages, or only the indirect pages when the data sits in the caller's I/O
+   * buffers (pooledFrom = nData; `pinned` then holds the I/O buffer of each data segment).
+   */
+  pooledFrom: number;
+  /** Pool handles (persistent) of the pooled pages, page i at handles[i - pooledFrom]. */
   handles: Uint32Array;
+  /** The I/O buffer of each data segment granted in place (none when the data is copied). */
+  pinned: IoBufferEntry[];
   /** Pages shared for this request alone (no persistent grants). */
   shared: SharedPages | null;
 }
@@ -105,6 +117,7 @@ export class BlkfrontQueue {
   private readonly req: BlkifRequest = newBlkifRequest();
   private readonly rsp = newBlkifResponse();
   private readonly geo = newSegmentGeometry();
+  private readonly granted: GrantedPage = { entry: null, page: 0 };
   private indirectScratch: Uint8Array | null = null;
   /** Requests sent and responses consumed on this ring. */
   requestsSent = 0;
@@ -128,7 +141,10 @@ export class BlkfrontQueue {
     this.slots = [];
     this.freeIds = new Int32Array(this.size);
     for (let i = 0; i < this.size; i++) {
-      this.slots.push({ state: FREE, gen: 0, op: null, wireOp: 0, start: 0, count: 0, nData: 0, nIndirect: 0, handles: new Uint32Array(0), shared: null });
+      this.slots.push({
+        state: FREE, gen: 0, op: null, wireOp: 0, start: 0, count: 0, nData: 0, nIndirect: 0, pooledFrom: 0, handles: new Uint32Array(0), pinned: [],
+        shared: null,
+      });
       this.freeIds[i] = this.size - 1 - i;
     }
     this.freeCount = this.size;
@@ -166,7 +182,8 @@ export class BlkfrontQueue {
   /**
    * `trySubmit(op, wireOp, start, count)` puts one request for [start, start+count) of `op` on
    * the ring (not yet published: see `push`) and is true; false when no slot or no grant is free
-   * now. A write's data is copied into the granted pages here.
+   * now. A write's data is copied into the granted pages here, unless it sits in the caller's
+   * I/O buffers, which are then granted in place for reads and writes alike.
    */
   trySubmit(op: IoOp, wireOp: number, start: number, count: number): boolean {
     const io = this.io;
@@ -177,8 +194,14 @@ export class BlkfrontQueue {
     const nIndirect = indirect ? indirectPagesFor(nData) : 0;
     const id = this.freeIds[this.freeCount - 1]!;
     const slot = this.slots[id]!;
-    if (!this.takePages(slot, nData + nIndirect)) return false;
+    const inPlace = isData && op.data !== null && op.data.hasGranted && this.pinCallerPages(slot, op.data, op.sector, start, count, nData);
+    slot.pooledFrom = inPlace ? nData : 0;
+    if (!this.takePages(slot, inPlace ? nIndirect : nData + nIndirect)) {
+      this.unpin(slot);
+      return false;
+    }
     this.freeCount--;
+    if (inPlace) this.deps.owner.stats.inPlace++;
 
     const req = this.req;
     req.handle = this.deps.handle & 0xffff;
@@ -191,11 +214,11 @@ export class BlkfrontQueue {
       const geo = this.geo;
       for (let i = 0; i < nData; i++) {
         segmentAt(start, count, i, geo);
-        req.segGref[i] = this.pageRef(slot, i);
+        if (!inPlace) req.segGref[i] = this.pageRef(slot, i); // else pinCallerPages wrote it
         req.segFirst[i] = geo.firstSect;
         req.segLast[i] = geo.lastSect;
       }
-      if (wireOp === BLKIF_OP_WRITE) this.copyData(slot, op, start, count, nData, true);
+      if (wireOp === BLKIF_OP_WRITE && !inPlace) this.copyData(slot, op, start, count, nData, true);
     }
     if (indirect) {
       req.operation = BLKIF_OP_INDIRECT;
@@ -204,7 +227,7 @@ export class BlkfrontQueue {
       for (let k = 0; k < nIndirect; k++) req.indirectGrefs[k] = this.pageRef(slot, nData + k);
       if (nIndirect === 1 && this.pool !== null) {
         // The common case (up to 512 segments): encode straight into the granted page.
-        encodeIndirectSegments(this.pool.page(slot.handles[nData]!), req);
+        encodeIndirectSegments(this.pool.page(slot.handles[nData - slot.pooledFrom]!), req);
       } else {
         const scratch = this.indirectScratch!;
         encodeIndirectSegments(scratch.subarray(0, nIndirect * PAGE_SIZE), req);
@@ -270,20 +293,57 @@ export class BlkfrontQueue {
     }
   }
 
+  /**
+   * Grants the data segments of the request [start, start+count) of an operation starting at
+   * `opSector` in place when every one of them sits in the caller's I/O buffers at its page
+   * offset: writes their references into the scratch request, counts each segment as a use of
+   * its I/O buffer (`unpin` gives them back) and is true; false, pinning nothing, otherwise.
+   */
+  private pinCallerPages(slot: Slot, data: ScatterList, opSector: number, start: number, count: number, nData: number): boolean {
+    const geo = this.geo;
+    const at = this.granted;
+    const base = (start - opSector) * BLKIF_SECTOR_SIZE;
+    const domid = this.deps.backendDomid;
+    const segGref = this.req.segGref;
+    const pinned = slot.pinned;
+    pinned.length = 0;
+    for (let i = 0; i < nData; i++) {
+      segmentAt(start, count, i, geo);
+      if (!data.grantAt(base + geo.byteOffset, geo.byteLength, geo.firstSect * BLKIF_SECTOR_SIZE, domid, at)) {
+        pinned.length = 0;
+        return false;
+      }
+      const e = at.entry!;
+      segGref[i] = e.pages.refs[at.page]!;
+      pinned.push(e);
+    }
+    for (let i = 0; i < nData; i++) pinned[i]!.inUse++;
+    return true;
+  }
+
+  private unpin(slot: Slot): void {
+    const pinned = slot.pinned;
+    for (let i = 0; i < pinned.length; i++) pinned[i]!.inUse--;
+    pinned.length = 0;
+  }
+
   private pageRef(slot: Slot, i: number): number {
-    return slot.shared !== null ? slot.shared.refs[i]! : this.pool!.ref(slot.handles[i]!);
+    const j = i - slot.pooledFrom;
+    return slot.shared !== null ? slot.shared.refs[j]! : this.pool!.ref(slot.handles[j]!);
   }
 
   private pageBuffer(slot: Slot, i: number): Buffer {
-    return slot.shared !== null ? slot.shared.buffer : this.pool!.buffer(slot.handles[i]!);
+    return slot.shared !== null ? slot.shared.buffer : this.pool!.buffer(slot.handles[i - slot.pooledFrom]!);
   }
 
   private pageOffset(slot: Slot, i: number): number {
-    return slot.shared !== null ? i * PAGE_SIZE : this.pool!.offset(slot.handles[i]!);
+    const j = i - slot.pooledFrom;
+    return slot.shared !== null ? j * PAGE_SIZE : this.pool!.offset(slot.handles[j]!);
   }
 
   private releasePages(slot: Slot): void {
-    const n = slot.nData + slot.nIndirect;
+    this.unpin(slot);
+    const n = slot.nData + slot.nIndirect - slot.pooledFrom;
     if (slot.shared !== null) {
       this.deps.reaper.release(slot.shared);
       slot.shared = null;
@@ -297,6 +357,7 @@ export class BlkfrontQueue {
     slot.op = null;
     slot.nData = 0;
     slot.nIndirect = 0;
+    slot.pooledFrom = 0;
     this.freeIds[this.freeCount++] = id;
     this.busy--;
   }
@@ -396,7 +457,7 @@ export class BlkfrontQueue {
   private complete(id: number, slot: Slot, status: number): void {
     const op = slot.op!;
     const { wireOp, start, count } = slot;
-    if (status === 0 && wireOp === BLKIF_OP_READ && !op.detached) this.copyData(slot, op, start, count, slot.nData, false);
+    if (status === 0 && wireOp === BLKIF_OP_READ && !op.detached && slot.pooledFrom === 0) this.copyData(slot, op, start, count, slot.nData, false);
     this.releasePages(slot);
     this.freeSlot(id, slot);
     this.deps.owner.requestDone(op, wireOp, start, count, status);

@@ -7,10 +7,14 @@
 // places every byte at the page offset matching its disk offset: segment i of a request
 // covers exactly the 4 KiB-aligned disk page it falls in. A request therefore spans as many
 // segments as disk pages, a start that is not page-aligned uses first_sect > 0 and an end that
-// is not uses last_sect < 7, the way Linux page-cache I/O looks to a backend.
+// is not uses last_sect < 7, the way Linux page-cache I/O looks to a backend. A caller's I/O
+// buffer (io-buffers.ts) is granted in place instead of copied only where its bytes already
+// sit at that page offset (ScatterList.grantAt), as they do for page-aligned buffers and I/O.
 import {
   BLKIF_MAX_SEGMENTS_PER_REQUEST, BLKIF_SECTOR_SIZE, BLKIF_SECTORS_PER_PAGE, BLKIF_SEGS_PER_INDIRECT_FRAME,
 } from '../../protocol/blkif.ts';
+import { PAGE_SIZE } from '../../gnttab/gnttab.ts';
+import type { IoBufferEntry, IoBuffers } from './io-buffers.ts';
 
 /** `pageIndexOf(sector)` is the 4 KiB disk page holding 512-byte sector `sector`. */
 export function pageIndexOf(sector: number): number {
@@ -81,6 +85,12 @@ export function newSegmentGeometry(): SegmentGeometry {
   return { firstSect: 0, lastSect: 0, byteOffset: 0, byteLength: 0 };
 }
 
+/** Where a segment's bytes sit in an I/O buffer (ScatterList.grantAt). */
+export interface GrantedPage {
+  entry: IoBufferEntry | null;
+  page: number;
+}
+
 /**
  * A list of caller buffers seen as one byte stream: the Block API takes several buffers whose
  * total length is a multiple of the sector size, in the spirit of Mirage_block's
@@ -91,17 +101,51 @@ export class ScatterList {
   /** starts[i] is the stream offset of buffers[i]; starts[n] is the total length. */
   private readonly starts: Float64Array;
   readonly length: number;
+  /** granted[i] is the I/O buffer (io-buffers.ts) buffers[i] lies in; null when none does. */
+  private readonly granted: (IoBufferEntry | undefined)[] | null;
 
-  constructor(buffers: readonly Uint8Array[]) {
+  constructor(buffers: readonly Uint8Array[], ioBuffers?: IoBuffers) {
     this.buffers = buffers;
     this.starts = new Float64Array(buffers.length + 1);
     let total = 0;
+    let granted: (IoBufferEntry | undefined)[] | null = null;
     for (let i = 0; i < buffers.length; i++) {
+      const b = buffers[i]!;
       this.starts[i] = total;
-      total += buffers[i]!.byteLength;
+      total += b.byteLength;
+      const e = ioBuffers?.lookup(b);
+      if (e !== undefined) (granted ??= new Array<IoBufferEntry | undefined>(buffers.length))[i] = e;
     }
     this.starts[buffers.length] = total;
     this.length = total;
+    this.granted = granted;
+  }
+
+  /** `hasGranted` is whether any of the buffers lies in an I/O buffer. */
+  get hasGranted(): boolean {
+    return this.granted !== null;
+  }
+
+  /**
+   * `grantAt(offset, length, inPage, domid, out)` finds the granted page holding the stream
+   * bytes [offset, offset+length) at byte `inPage` of the page, as a segment needs them: one
+   * buffer, an I/O buffer granted to `domid`, at that very offset in one of its pages. Fills
+   * `out` (entry, page index) and is true, or false when the bytes must be copied instead.
+   */
+  grantAt(offset: number, length: number, inPage: number, domid: number, out: GrantedPage): boolean {
+    const granted = this.granted;
+    if (granted === null) return false;
+    const i = this.indexOf(offset);
+    const e = granted[i];
+    if (e === undefined || e.pages.domid !== domid) return false;
+    const start = this.starts[i]!;
+    if (offset + length > this.starts[i + 1]!) return false;
+    // Byte offset within the granted pages: the view's own offset into them plus the stream's.
+    const rel = this.buffers[i]!.byteOffset - e.pages.buffer.byteOffset + (offset - start);
+    if (rel % PAGE_SIZE !== inPage || inPage + length > PAGE_SIZE) return false;
+    out.entry = e;
+    out.page = Math.floor(rel / PAGE_SIZE);
+    return true;
   }
 
   private indexOf(offset: number): number {

@@ -136,6 +136,8 @@ export interface SeenRequest {
   readonly discardFlag: number;
   readonly firstSect: number;
   readonly lastSect: number;
+  /** The data segments' grant references (direct or from the indirect pages). */
+  readonly grefs: readonly number[];
 }
 
 interface Ring {
@@ -447,7 +449,7 @@ export class FakeBlkback {
     }
     this.seen.push({
       queue: ring.index, operation: req.operation, dataOp: op, sector: req.sectorNumber, nrSegments: req.nrSegments,
-      nrSectors: req.nrSectors, discardFlag: req.discardFlag, firstSect, lastSect,
+      nrSectors: req.nrSectors, discardFlag: req.discardFlag, firstSect, lastSect, grefs: Array.from(req.segGref.subarray(0, req.nrSegments)),
     });
     if (forced !== undefined) return forced;
     switch (op) {

@@ -47,6 +47,20 @@ try {
   await disk.read(0, back);
   console.log(`sector 0: "${back.toString('latin1').replace(/\0+$/, '')}"`);
   if (info.readWrite && !back.equals(message)) throw new Error('sector 0 does not hold what was written');
+
+  // Bulk I/O goes faster in an I/O buffer: it is granted to the backend once, and page-aligned
+  // reads and writes in it are granted in place instead of copied through blkfront's own pages.
+  const bytes = Math.min(64 * 1024, Math.floor((info.sectors * info.sectorSize) / 4096) * 4096);
+  if (bytes > 0) {
+    const io = disk.allocBuffer(bytes);
+    const before = disk.stats().inPlace;
+    await disk.read(0, io);
+    const plain = Buffer.alloc(bytes);
+    await disk.read(0, plain);
+    if (!plain.equals(io)) throw new Error('an I/O buffer read differs from a plain one');
+    console.log(`first ${bytes / 1024} KiB read into an I/O buffer in place (${disk.stats().inPlace - before} requests), same as a copied read`);
+    disk.freeBuffer(io);
+  }
   console.log('ok');
 } finally {
   await disk.disconnect();

@@ -215,6 +215,7 @@ export class RingService {
   private halted = false;
   private drainWaiters: (() => void)[] = [];
   private cacheCounted = 0;
+  private evictionsCounted = 0;
   /** Requests taken so far (picks the timed ones). */
   private taken = 0;
 
@@ -826,5 +827,8 @@ export class RingService {
     const now = this.cache?.size ?? 0;
     this.stats.persistentGrants += now - this.cacheCounted;
     this.cacheCounted = now;
+    const evicted = this.cache?.evictions ?? 0;
+    this.stats.pgrantEvictions += evicted - this.evictionsCounted;
+    this.evictionsCounted = evicted;
   }
 }

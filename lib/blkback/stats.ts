@@ -26,6 +26,8 @@ export interface VbdStatsSnapshot {
   readonly in_flight: number;
   /** Persistent grants mapped now (all rings). */
   readonly persistent_grants: number;
+  /** Persistent grants unmapped to make room for others (a frontend using more grants than the cache holds). */
+  readonly pgrant_evictions: number;
   /**
    * Event-channel notifications taken from the frontend, and sent to it. Requests per event is
    * the batching the ring's event suppression achieved (ring.h req_event / rsp_event): each
@@ -53,6 +55,7 @@ export class VbdStats {
   merged = 0;
   inFlight = 0;
   persistentGrants = 0;
+  pgrantEvictions = 0;
   events = 0;
   notifies = 0;
   readonly latency = new Float64Array(LATENCY_BUCKETS);
@@ -80,6 +83,7 @@ export class VbdStats {
       merged_req: this.merged,
       in_flight: this.inFlight,
       persistent_grants: this.persistentGrants,
+      pgrant_evictions: this.pgrantEvictions,
       events: this.events,
       notifies: this.notifies,
       latency_us: hist,

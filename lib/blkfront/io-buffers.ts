@@ -14,6 +14,13 @@
 // allocated (a grant is to a domain, not to one request), so a hostile backend could change a
 // read's data after it resolved; and a request on the ring when its operation was aborted may
 // still land in the buffer. `free` refuses (EBUSY) while a request still uses the buffer.
+//
+// How much to allocate: with persistent grants the backend keeps every grant it has seen
+// mapped, up to a bound per ring (Linux xen-blkback max_persistent_grants, 1056 pages: what
+// Linux blkfront's own pool can reach, 32 slots x (32 segments + 1 indirect page)), and past
+// it maps and unmaps the least recently used ones again. I/O buffers are such grants, so a
+// program that cycles through more than ~4 MiB of them per device makes the backend map per
+// request; reusing a few buffers, as the bench's lanes do, keeps every page mapped once.
 import type { GrantSharer, SharedPages } from '../../gnttab/gnttab.ts';
 import { PAGE_SIZE } from '../../gnttab/gnttab.ts';
 import { BlkfrontError } from './errors.ts';

@@ -501,6 +501,7 @@ test('persistent grants stay mapped, bounded by an LRU; all are released at clos
     assert.ok(p.svc.persistentGrants <= 4);
   }
   assert.equal(p.svc.persistentGrants, 4);
+  assert.equal(p.stats.pgrantEvictions, 4, 'each of the last four writes evicted the least recently used grant');
   assert.equal(p.plat.usage(BE).mappings, 4 + 1, 'four cached grants and the ring');
   // A request with more distinct grants than the cache holds still works (the extra are one-off).
   const many = Array.from({ length: 6 }, () => p.page());

@@ -549,7 +549,7 @@ export function encodeIndirectSegments(pages: Uint8Array, req: BlkifRequest): vo
     pages[s + 7] = 0;
   }
   const end = Math.ceil(used / PAGE_SIZE) * PAGE_SIZE;
-  pages.fill(0, used, end < pages.length ? end : pages.length);
+  zeroFill(pages, used, end < pages.length ? end : pages.length);
 }
 
 /**

@@ -13,7 +13,7 @@ import type { GrantSharer, SharedPages } from '../../gnttab/gnttab.ts';
 import { PAGE_SIZE } from '../../gnttab/gnttab.ts';
 import {
   BLKIF_OP_DISCARD, BLKIF_OP_FLUSH_DISKCACHE, BLKIF_OP_INDIRECT, BLKIF_OP_READ,
-  BLKIF_OP_WRITE, BLKIF_OP_WRITE_BARRIER, BLKIF_SECTOR_SIZE, decodeResponse, encodeIndirectSegments, encodeRequest,
+  BLKIF_OP_WRITE, BLKIF_OP_WRITE_BARRIER, BLKIF_SECTOR_SIZE, BLKIF_SECTORS_PER_PAGE, decodeResponse, encodeIndirectSegments, encodeRequest,
   newBlkifRequest, newBlkifResponse, ringEntrySize,
 } from '../../protocol/blkif.ts';
 import type { BlkifAbi, BlkifRequest } from '../../protocol/blkif.ts';
@@ -89,8 +89,11 @@ interface Slot {
   pooledFrom: number;
   /** Pool handles (persistent) of the pooled pages, page i at handles[i - pooledFrom]. */
   handles: Uint32Array;
-  /** The I/O buffer of each data segment granted in place (none when the data is copied). */
+  /** The I/O buffers the data segments were granted in place from, and how many segments each (none when copied). */
   pinned: IoBufferEntry[];
+  pinnedSegs: number[];
+  /** Entries of pinned/pinnedSegs in use (the arrays are reused: no length change per request). */
+  nPinned: number;
   /** Pages shared for this request alone (no persistent grants). */
   shared: SharedPages | null;
 }
@@ -142,7 +145,7 @@ export class BlkfrontQueue {
     this.freeIds = new Int32Array(this.size);
     for (let i = 0; i < this.size; i++) {
       this.slots.push({
-        state: FREE, gen: 0, op: null, wireOp: 0, start: 0, count: 0, nData: 0, nIndirect: 0, pooledFrom: 0, handles: new Uint32Array(0), pinned: [],
+        state: FREE, gen: 0, op: null, wireOp: 0, start: 0, count: 0, nData: 0, nIndirect: 0, pooledFrom: 0, handles: new Uint32Array(0), pinned: [], pinnedSegs: [], nPinned: 0,
         shared: null,
       });
       this.freeIds[i] = this.size - 1 - i;
@@ -210,15 +213,15 @@ export class BlkfrontQueue {
     req.idHi = slot.gen;
     req.sectorNumber = start;
     req.nrSegments = nData;
-    if (isData) {
+    if (isData && !inPlace) { // in place, pinCallerPages wrote the segments
       const geo = this.geo;
       for (let i = 0; i < nData; i++) {
         segmentAt(start, count, i, geo);
-        if (!inPlace) req.segGref[i] = this.pageRef(slot, i); // else pinCallerPages wrote it
+        req.segGref[i] = this.pageRef(slot, i);
         req.segFirst[i] = geo.firstSect;
         req.segLast[i] = geo.lastSect;
       }
-      if (wireOp === BLKIF_OP_WRITE && !inPlace) this.copyData(slot, op, start, count, nData, true);
+      if (wireOp === BLKIF_OP_WRITE) this.copyData(slot, op, start, count, nData, true);
     }
     if (indirect) {
       req.operation = BLKIF_OP_INDIRECT;
@@ -296,35 +299,65 @@ export class BlkfrontQueue {
   /**
    * Grants the data segments of the request [start, start+count) of an operation starting at
    * `opSector` in place when every one of them sits in the caller's I/O buffers at its page
-   * offset: writes their references into the scratch request, counts each segment as a use of
-   * its I/O buffer (`unpin` gives them back) and is true; false, pinning nothing, otherwise.
+   * offset: writes the segments (references and sectors) into the scratch request, counts each
+   * as a use of its I/O buffer (`unpin` gives them back) and is true; false, pinning nothing,
+   * otherwise. The usual case, the whole request in one I/O buffer, is settled by one lookup.
    */
   private pinCallerPages(slot: Slot, data: ScatterList, opSector: number, start: number, count: number, nData: number): boolean {
     const geo = this.geo;
     const at = this.granted;
     const base = (start - opSector) * BLKIF_SECTOR_SIZE;
     const domid = this.deps.backendDomid;
-    const segGref = this.req.segGref;
+    const req = this.req;
+    const segGref = req.segGref;
+    const segFirst = req.segFirst;
+    const segLast = req.segLast;
     const pinned = slot.pinned;
-    pinned.length = 0;
-    for (let i = 0; i < nData; i++) {
-      segmentAt(start, count, i, geo);
-      if (!data.grantAt(base + geo.byteOffset, geo.byteLength, geo.firstSect * BLKIF_SECTOR_SIZE, domid, at)) {
-        pinned.length = 0;
-        return false;
+    const pinnedSegs = slot.pinnedSegs;
+    let n = 0;
+    const firstInPage = (start % BLKIF_SECTORS_PER_PAGE) * BLKIF_SECTOR_SIZE;
+    if (data.grantRun(base, count * BLKIF_SECTOR_SIZE, firstInPage, domid, at)) {
+      // Segment i is page at.page + i of the buffer (requests.ts: each segment after the first
+      // starts a page); only the first and the last can be partial pages.
+      const refs = at.entry!.pages.refs;
+      for (let i = 0; i < nData; i++) {
+        segGref[i] = refs[at.page + i]!;
+        segFirst[i] = 0;
+        segLast[i] = BLKIF_SECTORS_PER_PAGE - 1;
       }
-      const e = at.entry!;
-      segGref[i] = e.pages.refs[at.page]!;
-      pinned.push(e);
+      segmentAt(start, count, 0, geo);
+      segFirst[0] = geo.firstSect;
+      segLast[0] = geo.lastSect;
+      segmentAt(start, count, nData - 1, geo);
+      segFirst[nData - 1] = geo.firstSect;
+      segLast[nData - 1] = geo.lastSect;
+      pinned[0] = at.entry!;
+      pinnedSegs[0] = nData;
+      n = 1;
+    } else {
+      // Several buffers: each segment on its own.
+      for (let i = 0; i < nData; i++) {
+        segmentAt(start, count, i, geo);
+        if (!data.grantAt(base + geo.byteOffset, geo.byteLength, geo.firstSect * BLKIF_SECTOR_SIZE, domid, at)) return false;
+        const e = at.entry!;
+        segGref[i] = e.pages.refs[at.page]!;
+        segFirst[i] = geo.firstSect;
+        segLast[i] = geo.lastSect;
+        pinned[n] = e;
+        pinnedSegs[n] = 1;
+        n++;
+      }
     }
-    for (let i = 0; i < nData; i++) pinned[i]!.inUse++;
+    for (let i = 0; i < n; i++) pinned[i]!.inUse += pinnedSegs[i]!;
+    slot.nPinned = n;
     return true;
   }
 
   private unpin(slot: Slot): void {
     const pinned = slot.pinned;
-    for (let i = 0; i < pinned.length; i++) pinned[i]!.inUse--;
-    pinned.length = 0;
+    const pinnedSegs = slot.pinnedSegs;
+    for (let i = 0; i < slot.nPinned; i++) pinned[i]!.inUse -= pinnedSegs[i]!;
+    slot.nPinned = 0;
   }
 
   private pageRef(slot: Slot, i: number): number {

@@ -127,12 +127,22 @@ export class ScatterList {
   }
 
   /**
+   * `grantRun(offset, length, inPage, domid, out)` is grantAt for a whole request at once: true
+   * when the stream bytes [offset, offset+length) lie in one I/O buffer granted to `domid` with
+   * the first at byte `inPage` of its page; `out.page` is then that page, and the request's
+   * later segments, which start at page boundaries, are the pages after it.
+   */
+  grantRun(offset: number, length: number, inPage: number, domid: number, out: GrantedPage): boolean {
+    return this.grantAt(offset, length, inPage, domid, out, true);
+  }
+
+  /**
    * `grantAt(offset, length, inPage, domid, out)` finds the granted page holding the stream
    * bytes [offset, offset+length) at byte `inPage` of the page, as a segment needs them: one
    * buffer, an I/O buffer granted to `domid`, at that very offset in one of its pages. Fills
    * `out` (entry, page index) and is true, or false when the bytes must be copied instead.
    */
-  grantAt(offset: number, length: number, inPage: number, domid: number, out: GrantedPage): boolean {
+  grantAt(offset: number, length: number, inPage: number, domid: number, out: GrantedPage, run = false): boolean {
     const granted = this.granted;
     if (granted === null) return false;
     const i = this.indexOf(offset);
@@ -142,7 +152,7 @@ export class ScatterList {
     if (offset + length > this.starts[i + 1]!) return false;
     // Byte offset within the granted pages: the view's own offset into them plus the stream's.
     const rel = this.buffers[i]!.byteOffset - e.pages.buffer.byteOffset + (offset - start);
-    if (rel % PAGE_SIZE !== inPage || inPage + length > PAGE_SIZE) return false;
+    if (rel % PAGE_SIZE !== inPage || (!run && inPage + length > PAGE_SIZE)) return false;
     out.entry = e;
     out.page = Math.floor(rel / PAGE_SIZE);
     return true;

@@ -80,19 +80,27 @@ test('in place only where the bytes sit at their disk page offset, whole request
   assert.deepEqual(plain, w.disk.subarray(40 * KIB, 48 * KIB));
   assert.equal(f.stats().inPlace, 1);
 
+  // Pages from two allocations in one request: each segment granted in place on its own.
+  const two = [f.allocBuffer(4 * KIB), f.allocBuffer(8 * KIB)];
+  await f.read(24, two);
+  assert.deepEqual(Buffer.concat(two), w.disk.subarray(12 * KIB, 24 * KIB));
+  assert.equal(f.stats().inPlace, 2);
+  assert.deepEqual(w.backend.seen.at(-1)!.grefs.length, 3);
+  for (const b of two) f.freeBuffer(b);
+
   // A view spanning two allocations (adjacent in the memory platform's RAM) lies in neither.
   assert.ok(other.buffer === buf.buffer && other.byteOffset === buf.byteOffset + buf.byteLength, 'precondition: the platform placed them side by side');
   const span = new Uint8Array(buf.buffer, buf.byteOffset + 60 * KIB, 8 * KIB);
   span.set(pattern(8 * KIB, 11));
   await f.write(200, span);
   assert.deepEqual(w.disk.subarray(100 * KIB, 108 * KIB), pattern(8 * KIB, 11));
-  assert.equal(f.stats().inPlace, 1, 'copied, not granted in place');
+  assert.equal(f.stats().inPlace, 2, 'copied, not granted in place');
 
   // Large I/O: indirect requests, data in place, only the indirect pages pooled.
   const big = f.allocBuffer(1024 * KIB);
   await f.read(0, big);
   assert.deepEqual(big, w.disk.subarray(0, 1024 * KIB));
-  assert.ok(f.stats().inPlace >= 1 + 1024 / 128, `1 MiB in 128 KiB indirect requests in place (${f.stats().inPlace})`);
+  assert.ok(f.stats().inPlace >= 2 + 1024 / 128, `1 MiB in 128 KiB indirect requests in place (${f.stats().inPlace})`);
   await f.disconnect();
   assertReleased(w);
 });

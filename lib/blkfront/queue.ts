@@ -84,7 +84,7 @@ interface Slot {
   /**
    * The request's pages i >= pooledFrom came from the pool or were shared for it: data pages
    * then indirect pages, or only the indirect pages when the data sits in the caller's I/O
-   * buffers (pooledFrom = nData; `pinned` then holds the I/O buffer of each data segment).
+   * buffers (pooledFrom = nData; `pinned` then names those I/O buffers).
    */
   pooledFrom: number;
   /** Pool handles (persistent) of the pooled pages, page i at handles[i - pooledFrom]. */

@@ -21,6 +21,9 @@
 // it maps and unmaps the least recently used ones again. I/O buffers are such grants, so a
 // program that cycles through more than ~4 MiB of them per device makes the backend map per
 // request; reusing a few buffers, as the bench's lanes do, keeps every page mapped once.
+// On Linux the pages come from gntalloc, whose `limit` module parameter (1024 grants by
+// default, for all its users) also bounds blkfront's own rings and pool: past it `alloc` fails
+// with ENOMEM and the caller does its I/O in plain memory, copied as before.
 import type { GrantSharer, SharedPages } from '../../gnttab/gnttab.ts';
 import { PAGE_SIZE } from '../../gnttab/gnttab.ts';
 import { BlkfrontError } from './errors.ts';

@@ -43,6 +43,9 @@ test('xenblk attach --write (unaligned tail), --discard, --dump to a file and to
   const dump = xenblk(['attach', ...sim, '--dump', out]);
   assert.equal(await dump.exited, 0, dump.output());
   assert.ok(fs.readFileSync(out).equals(fs.readFileSync(w.image)), '--dump equals the backing file');
+  // 2 MiB in 256 KiB reads into I/O buffers: 8 operations, each granted in place (>= 8 requests).
+  const inPlace = /dumped \d+ bytes to \S+; (\d+) requests granted in place/.exec(dump.output());
+  assert.ok(inPlace !== null && Number(inPlace[1]) >= 8, `the dump read in place: ${dump.output()}`);
 
   const toStdout = xenblk(['attach', ...sim, '--dump', '-']);
   const chunks: Buffer[] = [];

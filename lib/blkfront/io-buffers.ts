@@ -44,7 +44,6 @@ export class IoBuffers {
    * hand out ranges of one (the tests' memory platform), so each key holds a list of ranges.
    */
   private readonly entries = new Map<ArrayBufferLike, IoBufferEntry[]>();
-  private live = 0;
 
   constructor(
     private readonly sharer: GrantSharer,
@@ -68,13 +67,12 @@ export class IoBuffers {
     const e = { pages, inUse: 0 };
     if (list === undefined) this.entries.set(key, [e]);
     else list.push(e);
-    this.live++;
     return pages.buffer;
   }
 
   /** `lookup(view)` is the allocation `view` lies in, if it is one of ours. */
   lookup(view: Uint8Array): IoBufferEntry | undefined {
-    if (this.live === 0) return undefined;
+    if (this.entries.size === 0) return undefined;
     const list = this.entries.get(view.buffer);
     if (list === undefined) return undefined;
     const from = view.byteOffset;
@@ -99,19 +97,12 @@ export class IoBuffers {
     const list = this.entries.get(key)!;
     list.splice(list.indexOf(e), 1);
     if (list.length === 0) this.entries.delete(key);
-    this.live--;
     this.reaper.release(e.pages);
-  }
-
-  /** `count` is how many allocations are live. */
-  get count(): number {
-    return this.live;
   }
 
   /** `releaseAll()` frees every allocation, in use or not (the device is closing: nothing is on a ring any more). */
   releaseAll(): void {
     for (const list of this.entries.values()) for (const e of list) this.reaper.release(e.pages);
     this.entries.clear();
-    this.live = 0;
   }
 }

@@ -316,7 +316,7 @@ export class BlkfrontQueue {
     const pinnedSegs = slot.pinnedSegs;
     let n = 0;
     const firstInPage = (start % BLKIF_SECTORS_PER_PAGE) * BLKIF_SECTOR_SIZE;
-    if (data.grantRun(base, count * BLKIF_SECTOR_SIZE, firstInPage, domid, at)) {
+    if (data.grantAt(base, count * BLKIF_SECTOR_SIZE, firstInPage, domid, at)) {
       // Segment i is page at.page + i of the buffer (requests.ts: each segment after the first
       // starts a page); only the first and the last can be partial pages.
       const refs = at.entry!.pages.refs;

@@ -127,22 +127,14 @@ export class ScatterList {
   }
 
   /**
-   * `grantRun(offset, length, inPage, domid, out)` is grantAt for a whole request at once: true
-   * when the stream bytes [offset, offset+length) lie in one I/O buffer granted to `domid` with
-   * the first at byte `inPage` of its page; `out.page` is then that page, and the request's
-   * later segments, which start at page boundaries, are the pages after it.
+   * `grantAt(offset, length, inPage, domid, out)` is whether the stream bytes [offset,
+   * offset+length) can be granted in place: they lie in one buffer, an I/O buffer granted to
+   * `domid`, with the first at byte `inPage` of one of its pages. Fills `out` with the entry and
+   * that page; later bytes are in the pages after it, so for a whole request segment i is page
+   * `out.page + i` (each segment after the first starts a page), and for one segment, whose
+   * bytes end within its page, the page is all there is. False when the bytes must be copied.
    */
-  grantRun(offset: number, length: number, inPage: number, domid: number, out: GrantedPage): boolean {
-    return this.grantAt(offset, length, inPage, domid, out, true);
-  }
-
-  /**
-   * `grantAt(offset, length, inPage, domid, out)` finds the granted page holding the stream
-   * bytes [offset, offset+length) at byte `inPage` of the page, as a segment needs them: one
-   * buffer, an I/O buffer granted to `domid`, at that very offset in one of its pages. Fills
-   * `out` (entry, page index) and is true, or false when the bytes must be copied instead.
-   */
-  grantAt(offset: number, length: number, inPage: number, domid: number, out: GrantedPage, run = false): boolean {
+  grantAt(offset: number, length: number, inPage: number, domid: number, out: GrantedPage): boolean {
     const granted = this.granted;
     if (granted === null) return false;
     const i = this.indexOf(offset);
@@ -152,7 +144,7 @@ export class ScatterList {
     if (offset + length > this.starts[i + 1]!) return false;
     // Byte offset within the granted pages: the view's own offset into them plus the stream's.
     const rel = this.buffers[i]!.byteOffset - e.pages.buffer.byteOffset + (offset - start);
-    if (rel % PAGE_SIZE !== inPage || (!run && inPage + length > PAGE_SIZE)) return false;
+    if (rel % PAGE_SIZE !== inPage) return false;
     out.entry = e;
     out.page = Math.floor(rel / PAGE_SIZE);
     return true;

@@ -6,8 +6,9 @@
 // Run as a worker (framework/worker.ts):
 //   open {path, direct} -> {aio}
 //   run {workload} -> WorkloadResult
+//   memory {} -> {hugeKiB}                       anonymous memory on 2 MiB pages (the lanes' buffers)
 import { openRawFile, type RawFileDisk } from '../lib/backends/raw-file.ts';
-import { runWorkload, type IoTarget, type Workload } from './framework/workload.ts';
+import { hugeAnonKiB, runWorkload, type IoTarget, type Workload } from './framework/workload.ts';
 import { serveWorker } from './framework/worker.ts';
 
 let disk: RawFileDisk | undefined;
@@ -28,6 +29,7 @@ serveWorker(
       if (target === undefined) throw new Error('run before open');
       return runWorkload(target, a.workload);
     },
+    memory: () => ({ hugeKiB: hugeAnonKiB() }),
   },
   async () => {
     await disk?.close();

@@ -43,6 +43,7 @@ export const libc = {
   mmapAt: lib.func('void *mmap(uintptr_t addr, size_t length, int prot, int flags, int fd, int64_t offset)') as
     (addr: number, length: number, prot: number, flags: number, fd: number, offset: number) => unknown,
   munmap: lib.func('int munmap(uintptr_t addr, size_t length)') as (addr: number, length: number) => number,
+  madvise: lib.func('int madvise(uintptr_t addr, size_t length, int advice)') as (addr: number, length: number, advice: number) => number,
   /** memset(p, 0, 0) touches nothing and returns p: the one way to turn an address into a koffi pointer. */
   pointerOf: lib.func('void *memset(uintptr_t s, int c, size_t n)') as (s: number, c: 0, n: 0) => unknown,
   ftruncate: lib.func('int ftruncate(int fd, int64_t length)') as (fd: number, length: number) => number,
@@ -75,6 +76,8 @@ export const O = {
 } as const;
 export const PROT = { NONE: 0, READ: 1, WRITE: 2 } as const;
 export const MAP = { SHARED: 0x01, PRIVATE: 0x02, FIXED: 0x10, ANONYMOUS: 0x20, NORESERVE: 0x4000 } as const;
+/** madvise advice (include/uapi/asm-generic/mman-common.h). */
+export const MADV = { HUGEPAGE: 14, POPULATE_WRITE: 23, COLLAPSE: 25 } as const;
 export const EFD = { NONBLOCK: 0o4000, CLOEXEC: 0o2000000 } as const;
 export const AF_UNIX = 1;
 /** Syscall numbers of Linux AIO (arch/x86/entry/syscalls/syscall_64.tbl; asm-generic/unistd.h for arm64). */

@@ -3,10 +3,12 @@
 // exact same loop: `qd` lanes, each issuing one I/O at a time until the deadline, offsets
 // uniformly random (block-aligned, xorshift32) or sequential (one shared cursor, wrapping at
 // the end of the span, kept across samples so consecutive samples move on through the file).
-// Buffers are page-aligned (anonymous mmap) so that O_DIRECT accepts them on the direct side;
+// Buffers are page-aligned (anonymous mmap, on 2 MiB pages where granted) so that O_DIRECT
+// accepts them on the direct side;
 // a target may allocate its own instead (blkfront's I/O buffers, granted to the backend once,
 // as fio's engines choose their `iomem`).
-import { MAP, PROT, addressOf, isMapFailed, libc, viewAt } from '../../native/libc.ts';
+import fs from 'node:fs';
+import { MADV, MAP, PROT, addressOf, isMapFailed, libc, viewAt } from '../../native/libc.ts';
 
 /** One workload. */
 export interface Workload {
@@ -39,12 +41,45 @@ export interface IoTarget {
   readonly alloc?: (bytes: number) => Buffer;
 }
 
-/** `alignedBuffer(bytes)` is a page-aligned, zeroed Buffer of anonymous memory (kept for the process's life). */
+const SUPERPAGE = 2 << 20;
+/** The rest of the current 2 MiB-backed region: [next, end) of its address space. */
+let arena = { next: 0, end: 0 };
+
+/**
+ * `alignedBuffer(bytes)` is a page-aligned, zeroed Buffer of anonymous memory (kept for the
+ * process's life), carved from regions on 2 MiB pages where the kernel grants them
+ * (MADV_HUGEPAGE; transparent huge pages in "madvise" or "always" mode). Physically contiguous
+ * memory is what lets the block layer merge sequential direct I/O into large requests (a
+ * request holds at most the device's max_segments physical pieces, 254 on a virtio disk), and
+ * the simulator's guest RAM is on 2 MiB pages in the full-stack benchmark too
+ * (lib/sim/superpages.ts): with 4 KiB pages, whether the direct side's buffers came out of the
+ * host's allocator contiguous or scattered decided how large its disk requests were, and its
+ * 1 MiB figure moved with that from one run to the next.
+ */
 export function alignedBuffer(bytes: number): Buffer {
   const len = Math.ceil(bytes / 4096) * 4096;
-  const p = libc.mmap(null, len, PROT.READ | PROT.WRITE, MAP.PRIVATE | MAP.ANONYMOUS, -1, 0);
-  if (isMapFailed(p)) throw new Error(`mmap of ${len} bytes failed`);
-  return Buffer.from(viewAt(addressOf(p), len)).subarray(0, bytes);
+  if (arena.end - arena.next < len) {
+    const size = Math.ceil(len / SUPERPAGE) * SUPERPAGE + 3 * SUPERPAGE;
+    const p = libc.mmap(null, size + SUPERPAGE, PROT.READ | PROT.WRITE, MAP.PRIVATE | MAP.ANONYMOUS, -1, 0);
+    if (isMapFailed(p)) throw new Error(`mmap of ${size} bytes failed`);
+    const start = Math.ceil(addressOf(p) / SUPERPAGE) * SUPERPAGE;
+    // Refused (THP "never", an old kernel): ordinary pages, as before.
+    libc.madvise(start, size, MADV.HUGEPAGE);
+    arena = { next: start, end: start + size };
+  }
+  const at = arena.next;
+  arena.next += len;
+  return Buffer.from(viewAt(at, len)).subarray(0, bytes);
+}
+
+/** `hugeAnonKiB()` is this process's anonymous memory on 2 MiB pages (smaps_rollup AnonHugePages), or undefined. */
+export function hugeAnonKiB(): number | undefined {
+  try {
+    const m = /^AnonHugePages:\s+(\d+) kB/m.exec(fs.readFileSync('/proc/self/smaps_rollup', 'utf8'));
+    return m === null ? undefined : Number(m[1]);
+  } catch {
+    return undefined;
+  }
 }
 
 /** The lanes' buffers of each target, by queue depth and block size (made once, reused by every sample). */

@@ -1,5 +1,5 @@
 // Entry point of a simulator daemon child process (startSim runs it from the sources):
-//   node --import tsx lib/sim/daemon-main.ts --dir DIR [--nr-frames N] [--nr-grants N] [--verbose] [--exit-with-stdin]
+//   node --import tsx lib/sim/daemon-main.ts --dir DIR [--nr-frames N] [--nr-grants N] [--superpages] [--verbose] [--exit-with-stdin]
 // Prints "ready" on stdout once it accepts connections.
 import process from 'node:process';
 import { runDaemon } from './run-daemon.ts';
@@ -11,7 +11,7 @@ function arg(name: string): string | undefined {
 
 const dir = arg('--dir');
 if (dir === undefined) {
-  process.stderr.write('usage: daemon-main.ts --dir DIR [--nr-frames N] [--nr-grants N] [--verbose] [--exit-with-stdin]\n');
+  process.stderr.write('usage: daemon-main.ts --dir DIR [--nr-frames N] [--nr-grants N] [--superpages] [--verbose] [--exit-with-stdin]\n');
   process.exit(2);
 }
 const nrFrames = arg('--nr-frames');
@@ -20,6 +20,7 @@ runDaemon({
   dir,
   ...(nrFrames !== undefined ? { nrFrames: Number(nrFrames) } : {}),
   ...(nrGrants !== undefined ? { nrGrants: Number(nrGrants) } : {}),
+  superpages: process.argv.includes('--superpages'),
   verbose: process.argv.includes('--verbose'),
   exitWithStdin: process.argv.includes('--exit-with-stdin'),
   onReady: () => process.stdout.write('ready\n'),

@@ -34,6 +34,11 @@ export interface SimDaemonOptions {
   readonly nrFrames?: number;
   /** Grant-table entries per domain (default 16384, Xen's v1 limit with 32 grant frames). */
   readonly nrGrants?: number;
+  /**
+   * Back each domain's RAM with 2 MiB pages, allocated when the domain is created (superpages.ts:
+   * as Xen's domain builder gives guests superpages). Default false: RAM stays sparse.
+   */
+  readonly superpages?: boolean;
   /** Diagnostics; default silent. */
   readonly log?: (line: string) => void;
 }
@@ -61,6 +66,8 @@ export interface SimDomainStatus {
   readonly instance: number;
   /** Released but some of its pages are still mapped by others. */
   readonly dying: boolean;
+  /** Whether its RAM is on 2 MiB pages: 'on', 'off' (not asked), or why the kernel refused. */
+  readonly superpages: string;
   readonly processes: SimProcessStatus[];
   /** Grant entries currently GTF_permit_access. */
   readonly granted: number;
@@ -122,6 +129,7 @@ export class SimDaemon {
   readonly paths: SimPaths;
   private readonly nrFrames: number;
   private readonly nrGrants: number;
+  private readonly superpages: boolean;
   private readonly log: (line: string) => void;
   private readonly live = new Map<number, DomainInstance>();
   private readonly creating = new Map<number, Promise<DomainInstance>>();
@@ -147,6 +155,7 @@ export class SimDaemon {
     this.paths = new SimPaths(opts.dir);
     this.nrFrames = opts.nrFrames ?? DEFAULT_FRAMES;
     this.nrGrants = opts.nrGrants ?? DEFAULT_GRANTS;
+    this.superpages = opts.superpages ?? false;
     this.log = opts.log ?? (() => {});
     if (!Number.isInteger(this.nrFrames) || this.nrFrames < SIM_CHUNK || this.nrFrames % SIM_CHUNK !== 0) throw new RangeError(`nrFrames ${this.nrFrames}: a positive multiple of ${SIM_CHUNK}`);
     if (!Number.isInteger(this.nrGrants) || this.nrGrants < SIM_CHUNK || this.nrGrants % SIM_CHUNK !== 0) throw new RangeError(`nrGrants ${this.nrGrants}: a positive multiple of ${SIM_CHUNK}`);
@@ -232,7 +241,7 @@ export class SimDaemon {
         }
       }
       domains.push({
-        domid: dom.domid, instance: dom.instance, dying: dom.released, processes,
+        domid: dom.domid, instance: dom.instance, dying: dom.released, superpages: dom.superpages, processes,
         granted: dom.grantedCount(), grantsMapped: dom.active.size, ports,
       });
     }
@@ -436,7 +445,8 @@ export class SimDaemon {
 
   private async createDomain(domid: number): Promise<DomainInstance> {
     const inst = this.nextInstance++;
-    const dom = DomainInstance.create(this.paths, domid, inst, this.nrFrames, this.nrGrants);
+    const dom = DomainInstance.create(this.paths, domid, inst, this.nrFrames, this.nrGrants, this.superpages);
+    if (this.superpages) this.log(`d${domid}: RAM on 2 MiB pages: ${dom.superpages}`);
     // The domain exists (for xenstored's permission checks naming it) before its entries are written.
     this.live.set(domid, dom);
     try {

@@ -4,6 +4,7 @@
 import fs from 'node:fs';
 import { PAGE } from '../../native/memory.ts';
 import { Mapping } from '../../native/memory.ts';
+import { backWithSuperpages } from './superpages.ts';
 import { GRANT_ENTRY_V1_SIZE, GTF, comboAt, flagsAt, frameAt } from '../../gnttab/grant-entry.ts';
 import { SIM_CHUNK } from '../../gnttab/sim.ts';
 import {
@@ -55,10 +56,16 @@ export class DomainInstance {
   /** Slots of attached processes. */
   readonly slots = new Set<number>();
   released = false;
+  /** 'on' when the RAM is on 2 MiB pages, 'off' when not asked, else why the kernel refused. */
+  superpages = 'off';
   private finalized = false;
 
-  /** `DomainInstance.create(paths, domid, instance, nrFrames, nrGrants)` creates and maps the domain's files. */
-  static create(paths: SimPaths, domid: number, instance: number, nrFrames: number, nrGrants: number): DomainInstance {
+  /**
+   * `DomainInstance.create(paths, domid, instance, nrFrames, nrGrants, superpages)` creates and
+   * maps the domain's files; with `superpages` its RAM is allocated at once on 2 MiB pages
+   * (superpages.ts), or stays sparse when the kernel refuses, which `superpages` then says.
+   */
+  static create(paths: SimPaths, domid: number, instance: number, nrFrames: number, nrGrants: number, superpages = false): DomainInstance {
     const made: string[] = [];
     const mk = (p: string, size: number): number => {
       const fd = fs.openSync(p, fs.constants.O_RDWR | fs.constants.O_CREAT | fs.constants.O_EXCL, 0o600);
@@ -71,11 +78,18 @@ export class DomainInstance {
     let eFd = -1;
     try {
       memFd = mk(paths.mem(domid, instance), nrFrames * PAGE);
+      let huge = 'off';
+      if (superpages) {
+        const r = backWithSuperpages(memFd, nrFrames * PAGE);
+        huge = r.ok ? 'on' : `refused (${r.why})`;
+      }
       gFd = mk(paths.gnttab(domid, instance), nrGrants * GRANT_ENTRY_V1_SIZE);
       eFd = mk(paths.evtchn(domid, instance), EVTCHN_PAGE.size);
       const gnttabMap = Mapping.file(gFd, 0, nrGrants * GRANT_ENTRY_V1_SIZE, true, `grant table of d${domid}`);
       const evtchnMap = Mapping.file(eFd, 0, EVTCHN_PAGE.size, true, `event page of d${domid}`);
-      return new DomainInstance(paths, domid, instance, nrFrames, nrGrants, memFd, gnttabMap, evtchnMap);
+      const dom = new DomainInstance(paths, domid, instance, nrFrames, nrGrants, memFd, gnttabMap, evtchnMap);
+      dom.superpages = huge;
+      return dom;
     } catch (e) {
       if (memFd >= 0) fs.closeSync(memFd);
       for (const p of made) fs.rmSync(p, { force: true });

@@ -9,6 +9,8 @@ export interface RunDaemonOptions {
   readonly dir: string;
   readonly nrFrames?: number;
   readonly nrGrants?: number;
+  /** Each domain's RAM on 2 MiB pages (SimDaemonOptions.superpages). */
+  readonly superpages?: boolean;
   /** Log domain and process events to stderr. */
   readonly verbose?: boolean;
   /** Stop when stdin reaches end of file (the parent died or closed it). */
@@ -23,6 +25,7 @@ export async function runDaemon(opts: RunDaemonOptions): Promise<number> {
     dir: opts.dir,
     ...(opts.nrFrames !== undefined ? { nrFrames: opts.nrFrames } : {}),
     ...(opts.nrGrants !== undefined ? { nrGrants: opts.nrGrants } : {}),
+    ...(opts.superpages === true ? { superpages: true } : {}),
     ...(opts.verbose ? { log: (l: string) => process.stderr.write(`xenblk sim: ${l}\n`) } : {}),
   });
   return new Promise<number>((resolve) => {

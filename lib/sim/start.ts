@@ -17,6 +17,8 @@ export interface StartSimOptions {
   readonly dir?: string;
   readonly nrFrames?: number;
   readonly nrGrants?: number;
+  /** Each domain's RAM on 2 MiB pages, allocated up front (SimDaemonOptions.superpages). */
+  readonly superpages?: boolean;
   /** Forward the daemon's log to our stderr. */
   readonly verbose?: boolean;
 }
@@ -45,6 +47,7 @@ function sizeArgs(o: StartSimOptions): string[] {
   return [
     ...(o.nrFrames !== undefined ? ['--nr-frames', String(o.nrFrames)] : []),
     ...(o.nrGrants !== undefined ? ['--nr-grants', String(o.nrGrants)] : []),
+    ...(o.superpages === true ? ['--superpages'] : []),
     ...(o.verbose ? ['--verbose'] : []),
   ];
 }

@@ -143,8 +143,9 @@ function cpuNote(t: CpuTally): string {
   const per = (us: number, ops: number): string => (ops > 0 ? (us / ops).toFixed(1) : '?');
   const cpu = `CPU per operation: blkfront ${per(t.frontUs, t.stackOps)} us + blkback ${per(t.backUs, t.stackOps)} us ` +
     `(= ${per(t.frontUs + t.backUs, t.stackOps)} us) against ${per(t.directUs, t.directOps)} us reading/writing the file directly`;
-  // How the I/O reached the disk: the block layer merges adjacent requests (up to the device's
-  // max_sectors_kb and max_segments) while they wait, so fewer than 1 per operation means merging.
+  // How the I/O reached the disk: the block layer merges adjacent reads or writes (in the plug
+  // of one io_submit, or while they wait in the I/O scheduler) up to the device's max_sectors_kb
+  // and max_segments, so fewer than 1 per operation means merging.
   if (t.stackDiskIos === 0 && t.directDiskIos === 0) return cpu;
   const ios = (n: number, ops: number): string => (ops > 0 ? (n / ops).toFixed(2) : '?');
   return `${cpu}; disk requests per operation ${ios(t.stackDiskIos, t.stackOps)} against ${ios(t.directDiskIos, t.directOps)}`;

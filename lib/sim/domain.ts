@@ -56,8 +56,6 @@ export class DomainInstance {
   /** Slots of attached processes. */
   readonly slots = new Set<number>();
   released = false;
-  /** 'on' when the RAM is on 2 MiB pages, 'off' when not asked, else why the kernel refused. */
-  superpages = 'off';
   private finalized = false;
 
   /**
@@ -87,9 +85,7 @@ export class DomainInstance {
       eFd = mk(paths.evtchn(domid, instance), EVTCHN_PAGE.size);
       const gnttabMap = Mapping.file(gFd, 0, nrGrants * GRANT_ENTRY_V1_SIZE, true, `grant table of d${domid}`);
       const evtchnMap = Mapping.file(eFd, 0, EVTCHN_PAGE.size, true, `event page of d${domid}`);
-      const dom = new DomainInstance(paths, domid, instance, nrFrames, nrGrants, memFd, gnttabMap, evtchnMap);
-      dom.superpages = huge;
-      return dom;
+      return new DomainInstance(paths, domid, instance, nrFrames, nrGrants, huge, memFd, gnttabMap, evtchnMap);
     } catch (e) {
       if (memFd >= 0) fs.closeSync(memFd);
       for (const p of made) fs.rmSync(p, { force: true });
@@ -106,6 +102,8 @@ export class DomainInstance {
     readonly instance: number,
     readonly nrFrames: number,
     readonly nrGrants: number,
+    /** 'on' when the RAM is on 2 MiB pages, 'off' when not asked, else why the kernel refused. */
+    readonly superpages: string,
     memFd: number,
     gnttabMap: Mapping,
     evtchnMap: Mapping,

@@ -14,12 +14,13 @@
 // /sys/kernel/mm/transparent_hugepage/shmem_enabled says (except "deny"). It costs the whole RAM
 // up front (no longer sparse) and ~3 ms per MiB, so it is an option of the simulator, not its
 // default.
-import { MADV, MAP, PROT, addressOf, errno, errnoName, isMapFailed, libc } from '../../native/libc.ts';
+import { MADV, errno, errnoName, libc } from '../../native/libc.ts';
+import { Mapping } from '../../native/memory.ts';
 
 /** 2 MiB: the x86-64 and arm64 (4 KiB granule) PMD size MADV_COLLAPSE builds. */
 export const SUPERPAGE = 2 << 20;
 
-/** What backing a RAM file with superpages did: `ok`, or why not (the errno of the step that failed). */
+/** What backing a RAM file with superpages did: `ok`, or why not (the step that failed and its errno). */
 export type SuperpagesResult = { readonly ok: true } | { readonly ok: false; readonly why: string };
 
 /**
@@ -31,18 +32,22 @@ export type SuperpagesResult = { readonly ok: true } | { readonly ok: false; rea
 export function backWithSuperpages(fd: number, bytes: number): SuperpagesResult {
   // A file's page can be mapped by a PMD only at an address congruent to its offset modulo
   // 2 MiB (thp_vma_suitable_order), and MADV_COLLAPSE works on such ranges of a mapping: the
-  // file is mapped at a 2 MiB-aligned address inside a reservation a superpage larger.
-  const span = bytes + SUPERPAGE;
-  const r = libc.mmap(null, span, PROT.NONE, MAP.PRIVATE | MAP.ANONYMOUS | MAP.NORESERVE, -1, 0);
-  if (isMapFailed(r)) return { ok: false, why: `mmap: ${errnoName(errno())}` };
-  const base = addressOf(r);
+  // file is placed at a 2 MiB-aligned address inside a reservation a superpage larger.
+  let m: Mapping;
   try {
-    const at = Math.ceil(base / SUPERPAGE) * SUPERPAGE;
-    if (isMapFailed(libc.mmapAt(at, bytes, PROT.READ | PROT.WRITE, MAP.SHARED | MAP.FIXED, fd, 0))) return { ok: false, why: `mmap: ${errnoName(errno())}` };
+    m = Mapping.reserve(bytes + SUPERPAGE);
+  } catch (e) {
+    return { ok: false, why: (e as Error).message };
+  }
+  try {
+    const at = Math.ceil(m.address / SUPERPAGE) * SUPERPAGE;
+    m.place(at - m.address, fd, 0, bytes, true, 'RAM file');
     if (libc.madvise(at, bytes, MADV.POPULATE_WRITE) !== 0) return { ok: false, why: `MADV_POPULATE_WRITE: ${errnoName(errno())}` };
     if (libc.madvise(at, bytes, MADV.COLLAPSE) !== 0) return { ok: false, why: `MADV_COLLAPSE: ${errnoName(errno())}` };
     return { ok: true };
+  } catch (e) {
+    return { ok: false, why: (e as Error).message };
   } finally {
-    libc.munmap(base, span);
+    m.unmap(); // no views were handed out: a plain munmap
   }
 }

@@ -73,6 +73,9 @@ export const xenBench: Bench = {
       return;
     }
     const seconds = ctx.quick ? QUICK_SECONDS : SECONDS;
+    const serveArgs = (process.env.XENBLK_BENCH_XEN_SERVE_ARGS ?? '').split(/\s+/).filter((w) => w !== '');
+    if (serveArgs.some((w) => !/^[A-Za-z0-9=._-]+$/.test(w))) throw new Error(`XENBLK_BENCH_XEN_SERVE_ARGS: only plain words (options), got ${JSON.stringify(serveArgs)}`);
+    if (serveArgs.length > 0) ctx.note(`xen: xenblk serve runs with ${serveArgs.join(' ')} (XENBLK_BENCH_XEN_SERVE_ARGS)`);
     const r = await harness.runXenBench({
       jobs,
       reps: ctx.reps,
@@ -83,6 +86,7 @@ export const xenBench: Bench = {
       log: ctx.log,
       profileDir: ctx.profileDir,
       profiler: process.env.XENBLK_BENCH_XEN_PROFILE === 'v8' ? 'v8' : 'perf',
+      serveArgs,
     });
     for (const j of jobs) {
       const per = r.samples.get(j.id);

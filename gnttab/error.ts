@@ -10,7 +10,7 @@
 //   ECONNRESET the simulator's hypervisor is gone
 
 /** The operation a GnttabError is about. */
-export type GnttabOp = 'open' | 'share' | 'endAccess' | 'map' | 'unmap' | 'setUnmapNotify';
+export type GnttabOp = 'open' | 'share' | 'endAccess' | 'map' | 'unmap' | 'setUnmapNotify' | 'copy';
 
 /** `GnttabError` is a refused or failed grant operation, naming the domain and, when known, the ref. */
 export class GnttabError extends Error {

@@ -3,6 +3,8 @@
 // Calls are synchronous: on Linux they are ioctl+mmap, on the simulator table updates + mmap,
 // and the data path must not pay a promise per page.
 
+import type { GrantCopyBatch } from './copy-batch.ts';
+
 /** Xen's page size on x86 (XEN_PAGE_SIZE). */
 export const PAGE_SIZE = 4096;
 
@@ -51,5 +53,13 @@ export interface GrantMapper {
   /** `unmap(m)` releases the mapping; `m.buffer` must not be used afterwards. */
   unmap(m: MappedGrants): void;
   setUnmapNotify(m: MappedGrants, notify: UnmapNotify): void;
+  /**
+   * `copy(domid, batch, local, toForeign)` has the hypervisor copy each piece of `batch` between
+   * `domid`'s granted page and `local` (into the grant when `toForeign`, out of it otherwise),
+   * nothing mapped (GNTTABOP_copy). Throws GnttabError naming the first ref refused (not
+   * granted to us, read-only for a copy into it, out of range); other pieces may have been
+   * copied by then.
+   */
+  copy(domid: number, batch: GrantCopyBatch, local: Uint8Array, toForeign: boolean): void;
   close(): void;
 }

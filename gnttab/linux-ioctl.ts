@@ -10,6 +10,8 @@ export const GNTDEV_SIZES = {
   map_grant_ref: 24,
   unmap_grant_ref: 16,
   unmap_notify: 16,
+  grant_copy: 16,
+  grant_copy_segment: 24,
 } as const;
 export const GNTALLOC_SIZES = {
   alloc_gref: 24,
@@ -21,9 +23,34 @@ export const GNTALLOC_SIZES = {
 export const IOCTL_GNTDEV_MAP_GRANT_REF = ioc(IOC_NONE, 'G', 0, GNTDEV_SIZES.map_grant_ref);
 export const IOCTL_GNTDEV_UNMAP_GRANT_REF = ioc(IOC_NONE, 'G', 1, GNTDEV_SIZES.unmap_grant_ref);
 export const IOCTL_GNTDEV_SET_UNMAP_NOTIFY = ioc(IOC_NONE, 'G', 7, GNTDEV_SIZES.unmap_notify);
+export const IOCTL_GNTDEV_GRANT_COPY = ioc(IOC_NONE, 'G', 8, GNTDEV_SIZES.grant_copy);
 export const IOCTL_GNTALLOC_ALLOC_GREF = ioc(IOC_NONE, 'G', 5, GNTALLOC_SIZES.alloc_gref);
 export const IOCTL_GNTALLOC_DEALLOC_GREF = ioc(IOC_NONE, 'G', 6, GNTALLOC_SIZES.dealloc_gref);
 export const IOCTL_GNTALLOC_SET_UNMAP_NOTIFY = ioc(IOC_NONE, 'G', 7, GNTALLOC_SIZES.unmap_notify);
+
+/** grant_table.h GNTCOPY_source_gref / GNTCOPY_dest_gref: which side of a copy is a grant. */
+export const GNTCOPY_SOURCE_GREF = 1 << 0;
+export const GNTCOPY_DEST_GREF = 1 << 1;
+
+/** grant_table.h GNTST_* statuses a grant copy reports per segment, by name. */
+export const GNTST_NAMES: Readonly<Record<number, string>> = {
+  0: 'GNTST_okay', [-1]: 'GNTST_general_error', [-2]: 'GNTST_bad_domain', [-3]: 'GNTST_bad_gntref',
+  [-4]: 'GNTST_bad_handle', [-5]: 'GNTST_bad_virt_addr', [-6]: 'GNTST_bad_dev_addr', [-7]: 'GNTST_no_device_space',
+  [-8]: 'GNTST_permission_denied', [-9]: 'GNTST_bad_page', [-10]: 'GNTST_bad_copy_arg', [-11]: 'GNTST_address_too_big',
+  [-12]: 'GNTST_eagain', [-13]: 'GNTST_no_space',
+};
+
+/** `gntstErrno(status)` is the errno name GnttabError uses for a GNTST_* status (error.ts's table). */
+export function gntstErrno(status: number): string {
+  switch (status) {
+    case -2: return 'ESRCH';
+    case -3: case -10: return 'EINVAL';
+    case -8: case -1: return 'EPERM';
+    case -12: return 'EAGAIN';
+    case -13: return 'ENOSPC';
+    default: return 'EIO';
+  }
+}
 
 /** gntalloc.h GNTALLOC_FLAG_WRITABLE. */
 export const GNTALLOC_FLAG_WRITABLE = 1;
@@ -98,4 +125,43 @@ export function encodeDeallocGref(index: number, count: number): Uint8Array {
   v.setBigUint64(0, BigInt(index), true);
   v.setUint32(8, count, true);
   return b;
+}
+
+/**
+ * `encodeGrantCopy(arg, segmentsAddress, count)` fills struct ioctl_gntdev_grant_copy in `arg`
+ * (16 bytes): count@0 u32, pad@4, segments@8 pointer.
+ */
+export function encodeGrantCopy(arg: DataView, segmentsAddress: number, count: number): void {
+  arg.setUint32(0, count, true);
+  arg.setUint32(4, 0, true);
+  arg.setBigUint64(8, BigInt(segmentsAddress), true);
+}
+
+/**
+ * `encodeGrantCopySegment(v, i, localAddress, domid, ref, offset, len, toForeign)` fills the
+ * i-th struct ioctl_gntdev_grant_copy_segment (24 bytes each): source@0 and dest@8 are each
+ * either a user address (u64) or {ref u32, offset u16, domid u16}; len@16 u16, flags@18 u16,
+ * status@20 s16 (out, zeroed here).
+ */
+export function encodeGrantCopySegment(
+  v: DataView, i: number, localAddress: number, domid: number, ref: number, offset: number, len: number, toForeign: boolean,
+): void {
+  const at = i * GNTDEV_SIZES.grant_copy_segment;
+  const local = toForeign ? at : at + 8;
+  const foreign = toForeign ? at + 8 : at;
+  // A user address below 2^53 (x86-64 user space is 47 bits): split into two u32 to stay in Number.
+  v.setUint32(local, localAddress % 0x100000000, true);
+  v.setUint32(local + 4, Math.floor(localAddress / 0x100000000), true);
+  v.setUint32(foreign, ref, true);
+  v.setUint16(foreign + 4, offset, true);
+  v.setUint16(foreign + 6, domid, true);
+  v.setUint16(at + 16, len, true);
+  v.setUint16(at + 18, toForeign ? GNTCOPY_DEST_GREF : GNTCOPY_SOURCE_GREF, true);
+  v.setInt16(at + 20, 0, true);
+  v.setUint16(at + 22, 0, true);
+}
+
+/** `grantCopyStatus(v, i)` is the GNTST_* status the kernel wrote into segment i. */
+export function grantCopyStatus(v: DataView, i: number): number {
+  return v.getInt16(i * GNTDEV_SIZES.grant_copy_segment + 20, true);
 }

@@ -14,10 +14,14 @@ import { PAGE_SIZE } from './gnttab.ts';
 import { GnttabError, type GnttabOp } from './error.ts';
 import { isDomid } from './grant-entry.ts';
 import {
-  GNTALLOC_FLAG_WRITABLE, IOCTL_GNTALLOC_ALLOC_GREF, IOCTL_GNTALLOC_DEALLOC_GREF, IOCTL_GNTDEV_MAP_GRANT_REF,
-  IOCTL_GNTDEV_SET_UNMAP_NOTIFY, IOCTL_GNTDEV_UNMAP_GRANT_REF, decodeGrefIds, decodeIndex, encodeAllocGref,
-  encodeDeallocGref, encodeMapGrantRef, encodeUnmapGrantRef, encodeUnmapNotify,
+  GNTALLOC_FLAG_WRITABLE, GNTDEV_SIZES, GNTST_NAMES, IOCTL_GNTALLOC_ALLOC_GREF, IOCTL_GNTALLOC_DEALLOC_GREF,
+  IOCTL_GNTDEV_GRANT_COPY, IOCTL_GNTDEV_MAP_GRANT_REF, IOCTL_GNTDEV_SET_UNMAP_NOTIFY, IOCTL_GNTDEV_UNMAP_GRANT_REF,
+  decodeGrefIds, decodeIndex, encodeAllocGref, encodeDeallocGref, encodeGrantCopy, encodeGrantCopySegment,
+  encodeMapGrantRef, encodeUnmapGrantRef, encodeUnmapNotify, grantCopyStatus, gntstErrno,
 } from './linux-ioctl.ts';
+import type { GrantCopyBatch } from './copy-batch.ts';
+import { checkCopy } from './copy-batch.ts';
+import { bytesAddress } from '../native/address.ts';
 import { NativeError, O, libc, fail } from '../native/libc.ts';
 import { ioctl } from '../native/ioctl.ts';
 import { Mapping } from '../native/memory.ts';
@@ -132,6 +136,21 @@ class LinuxMappedGrants implements MappedGrants {
   ) {}
 }
 
+/** Where a batch's scratch holds its segments (after the ioctl argument). */
+const SEGMENTS_AT = GNTDEV_SIZES.grant_copy_segment;
+
+/** Throws GnttabError for the first segment of `batch` the hypervisor refused (the ioctl itself succeeds when every segment was tried). */
+function checkCopyStatus(domid: number, batch: GrantCopyBatch, toForeign: boolean): void {
+  const nat = batch.native!;
+  const segs = new DataView(nat.buffer, nat.byteOffset + SEGMENTS_AT, batch.count * GNTDEV_SIZES.grant_copy_segment);
+  for (let i = 0; i < batch.count; i++) {
+    const st = grantCopyStatus(segs, i);
+    if (st !== 0) {
+      throw new GnttabError(gntstErrno(st), 'copy', domid, batch.refs[i], `${GNTST_NAMES[st] ?? `status ${st}`} copying ${toForeign ? 'into' : 'out of'} the grant`);
+    }
+  }
+}
+
 /** Mapping through /dev/xen/gntdev (a backend in dom0 or a driver domain). */
 export class LinuxGrantMapper implements GrantMapper {
   private fd = -1;
@@ -175,6 +194,43 @@ export class LinuxGrantMapper implements GrantMapper {
     } catch (e) {
       throw asGnttab(e, 'unmap', m.domid, m.refs[0]);
     }
+  }
+
+  copy(domid: number, batch: GrantCopyBatch, local: Uint8Array, toForeign: boolean): void {
+    const arg = this.encodeCopy(domid, batch, local, toForeign);
+    try {
+      ioctl(this.fd, IOCTL_GNTDEV_GRANT_COPY, arg, 'IOCTL_GNTDEV_GRANT_COPY');
+    } catch (e) {
+      throw asGnttab(e, 'copy', domid, batch.refs[0]);
+    }
+    checkCopyStatus(domid, batch, toForeign);
+  }
+
+  /** Encodes `batch` into its scratch (argument first, then the segments): the ioctl's argument. */
+  private encodeCopy(domid: number, batch: GrantCopyBatch, local: Uint8Array, toForeign: boolean): Uint8Array {
+    if (!isDomid(domid)) throw new GnttabError('EINVAL', 'copy', Number(domid), undefined, 'not a domid');
+    checkCopy(domid, batch, local);
+    this.open();
+    const n = batch.count;
+    const SEG = GNTDEV_SIZES.grant_copy_segment;
+    // The 16-byte argument first, the segments after it at 24: a segment's size, so the scratch
+    // is the argument plus `capacity` segments rounded up, and each segment stays 8-aligned.
+    const ARG = SEGMENTS_AT;
+    if (batch.native === undefined || batch.native.byteLength < ARG + batch.capacity * SEG) {
+      // Off-heap (Buffer.alloc of this size): the address stays put for the kernel.
+      batch.native = Buffer.alloc(ARG + batch.capacity * SEG);
+    }
+    const nat = batch.native;
+    const v = new DataView(nat.buffer, nat.byteOffset, nat.byteLength);
+    const segs = new DataView(nat.buffer, nat.byteOffset + ARG, n * SEG);
+    const base = bytesAddress(local);
+    // gntdev.c gntdev_grant_copy_seg: the local side may cross pages (the kernel splits it); the
+    // grant side may not (GNTST_bad_copy_arg), which GrantCopyBatch.add already refused.
+    for (let i = 0; i < n; i++) {
+      encodeGrantCopySegment(segs, i, base + batch.localOffsets[i]!, domid, batch.refs[i]!, batch.offsets[i]!, batch.lengths[i]!, toForeign);
+    }
+    encodeGrantCopy(v, bytesAddress(nat) + ARG, n);
+    return nat.subarray(0, GNTDEV_SIZES.grant_copy);
   }
 
   setUnmapNotify(m: MappedGrants, notify: UnmapNotify): void {

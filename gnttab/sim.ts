@@ -16,12 +16,22 @@
 // answers with the frames; we then mmap the grantor's RAM file pages MAP_SHARED into one
 // contiguous reservation. Unmapping detaches the Buffer, guards and releases the address range
 // (native/memory.ts) and asks the daemon to unpin, which clears the flags when the last pin goes.
+//
+// A grant copy (GNTTABOP_copy) is the same check and pin for the time of the copy: the daemon
+// pins the grants (GTF_writing for a copy into them), we read or write those frames of the
+// grantor's RAM file with pread/pwrite, and the daemon unpins. Nothing is mapped, and a grant
+// the grantor ended cannot be copied: the pin refuses it, as Xen's copy does. One difference:
+// the pins are taken for the whole batch first, so a refused piece means nothing was copied,
+// where Xen carries out each piece on its own (GNTTABOP_copy's per-op status) and the pieces
+// before a refused one have been copied; callers must not rely on either.
 import fs from 'node:fs';
 import type { GrantMapper, GrantSharer, MappedGrants, SharedPages, UnmapNotify } from './gnttab.ts';
 import { PAGE_SIZE } from './gnttab.ts';
 import { GnttabError } from './error.ts';
 import { GNTTAB_NR_RESERVED_ENTRIES, GTF, domidAt, flagsAt, frameAt, isDomid } from './grant-entry.ts';
 import { Mapping } from '../native/memory.ts';
+import type { GrantCopyBatch } from './copy-batch.ts';
+import { checkCopy } from './copy-batch.ts';
 
 /** gntdev.h UNMAP_NOTIFY_* actions, also the simulator's. */
 export const UNMAP_NOTIFY_CLEAR_BYTE = 1;
@@ -309,6 +319,40 @@ export class SimGrantMapper implements GrantMapper {
     }
   }
 
+  copy(domid: number, batch: GrantCopyBatch, local: Uint8Array, toForeign: boolean): void {
+    if (this.closed) throw new GnttabError('EINVAL', 'copy', domid, undefined, 'mapper closed');
+    if (!isDomid(domid)) throw new GnttabError('EINVAL', 'copy', Number(domid), undefined, 'not a domid');
+    checkCopy(domid, batch, local);
+    const n = batch.count;
+    const refs = new Array<number>(n);
+    for (let i = 0; i < n; i++) refs[i] = batch.refs[i]!;
+    let res: SimMapResult;
+    try {
+      res = this.cfg.hypervisor.map(domid, refs, toForeign);
+    } catch (e) {
+      if (e instanceof GnttabError) throw new GnttabError(e.code, 'copy', domid, e.ref, e.message);
+      throw e;
+    }
+    let ram: RamFile | undefined;
+    try {
+      ram = this.openRam(domid, res.instance, 'copy');
+      for (let i = 0; i < n; i++) {
+        const len = batch.lengths[i]!;
+        const at = res.frames[i]! * PAGE_SIZE + batch.offsets[i]!;
+        const done = toForeign
+          ? fs.writeSync(ram.fd, local, batch.localOffsets[i]!, len, at)
+          : fs.readSync(ram.fd, local, batch.localOffsets[i]!, len, at);
+        if (done !== len) throw new GnttabError('EIO', 'copy', domid, batch.refs[i], `${done} of ${len} bytes copied`);
+      }
+    } catch (e) {
+      if (e instanceof GnttabError) throw e;
+      throw new GnttabError('EIO', 'copy', domid, batch.refs[0], (e as Error).message);
+    } finally {
+      if (ram !== undefined) this.closeRam(res.instance);
+      this.cfg.hypervisor.unmap(res.handle);
+    }
+  }
+
   unmap(m: MappedGrants): void {
     const sm = this.own(m, 'unmap');
     if (!this.live.delete(sm)) throw new GnttabError('EINVAL', 'unmap', m.domid, m.refs[0], 'already unmapped');
@@ -362,14 +406,14 @@ export class SimGrantMapper implements GrantMapper {
     return m;
   }
 
-  private openRam(domid: number, instance: number): RamFile {
+  private openRam(domid: number, instance: number, op: 'map' | 'copy' = 'map'): RamFile {
     let r = this.ramFiles.get(instance);
     if (r === undefined) {
       let fd: number;
       try {
         fd = fs.openSync(this.cfg.ramPath(domid, instance), 'r+');
       } catch (e) {
-        throw new GnttabError('ESRCH', 'map', domid, undefined, `memory of d${domid} is gone: ${(e as Error).message}`);
+        throw new GnttabError('ESRCH', op, domid, undefined, `memory of d${domid} is gone: ${(e as Error).message}`);
       }
       r = { fd, users: 0 };
       this.ramFiles.set(instance, r);

@@ -65,6 +65,13 @@ export class Mapping {
     return new Mapping(addressOf(p), length);
   }
 
+  /** `Mapping.anonymous(length)` is fresh zeroed private memory, page aligned (for O_DIRECT buffers). */
+  static anonymous(length: number, subject?: string): Mapping {
+    const p = libc.mmap(null, length, PROT.READ | PROT.WRITE, MAP.PRIVATE | MAP.ANONYMOUS, -1, 0);
+    if (isMapFailed(p)) throw fail('mmap', subject ?? `anonymous ${length}`);
+    return new Mapping(addressOf(p), length);
+  }
+
   /** `Mapping.reserve(length)` reserves inaccessible address space to place file pages into with `place`. */
   static reserve(length: number): Mapping {
     const p = libc.mmap(null, length, PROT.NONE, MAP.PRIVATE | MAP.ANONYMOUS | MAP.NORESERVE, -1, 0);

@@ -34,6 +34,8 @@ const USAGE = `usage: xenblk serve FILE --domid N --vdev NAME [options]
   --max-ring-page-order N    0..4 (default 4)
   --max-indirect-segments N  0..4096 (default 256; 0 disables indirect requests)
   --no-persistent            do not offer persistent grants
+  --grant-copy               copy data through the hypervisor (grant copy, as QEMU's qdisk)
+                             instead of mapping the guest's pages; no persistent grants
   --kind KIND                backend directory kind (default vbd)
   --quiet                    only errors on stderr
 `;
@@ -128,6 +130,7 @@ function parse(argv: string[]): Args | string {
       case '--max-ring-page-order': limits.maxRingPageOrder = int(opt, val(), 0, 4); break;
       case '--max-indirect-segments': limits.maxIndirectSegments = int(opt, val(), 0, 4096); break;
       case '--no-persistent': limits.persistent = false; break;
+      case '--grant-copy': limits.grantCopy = true; break;
       case '--kind': a.kind = val(); break;
       case '--quiet': a.quiet = true; break;
       case '--help': case '-h': return '';

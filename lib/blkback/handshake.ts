@@ -73,8 +73,14 @@ export interface BlkbackLimits {
   readonly maxQueues: number;
   /** feature-max-indirect-segments advertised (Linux MAX_INDIRECT_SEGMENTS = 256; up to 4096; 0 disables). */
   readonly maxIndirectSegments: number;
-  /** Offer feature-persistent (default true). */
+  /** Offer feature-persistent (default true; never with grantCopy). */
   readonly persistent: boolean;
+  /**
+   * Serve data by grant copy (GNTTABOP_copy through gntdev) instead of mapping the guest's pages
+   * (default false). QEMU's qdisk does this; persistent grants are then not offered, so Linux
+   * blkfront grants its request pages directly instead of copying through a persistent pool.
+   */
+  readonly grantCopy: boolean;
   /** Persistent grants per ring (Linux max_persistent_grants, 1056). */
   readonly maxPersistentGrants: number;
   /** Requests in flight per ring (default: the ring size). */
@@ -86,6 +92,7 @@ export const DEFAULT_LIMITS: BlkbackLimits = {
   maxQueues: 4,
   maxIndirectSegments: 256,
   persistent: true,
+  grantCopy: false,
   maxPersistentGrants: 1056,
   maxInFlight: undefined,
 };
@@ -450,7 +457,7 @@ export class VbdBackend {
       }
       await tx.write(`${p}/feature-discard`, vbd.discard ? '1' : '0');
     }
-    await tx.write(`${p}/feature-persistent`, l.persistent ? '1' : '0');
+    await tx.write(`${p}/feature-persistent`, l.persistent && !l.grantCopy ? '1' : '0');
   }
 
   /** Reads the frontend's ring parameters, maps the rings and binds the channels (connect_ring). */
@@ -463,7 +470,7 @@ export class VbdBackend {
     else if (protocol === 'x86_64-abi') abi = 'x86_64';
     else if (protocol === 'x86_32-abi') abi = 'x86_32';
     else throw new BlkbackError(`${fe}/protocol: unknown frontend protocol ${JSON.stringify(protocol)}`, 'ENOSYS', `${fe}/protocol`, protocol);
-    const persistent = l.persistent && (await this.readUnsigned(fe, 'feature-persistent', 0)) !== 0;
+    const persistent = l.persistent && !l.grantCopy && (await this.readUnsigned(fe, 'feature-persistent', 0)) !== 0;
     const queues = await this.readUnsigned(fe, 'multi-queue-num-queues', 1);
     if (queues < 1 || queues > l.maxQueues) {
       throw new BlkbackError(`${fe}/multi-queue-num-queues: guest requested ${queues} queues, the maximum is ${l.maxQueues}`, 'ENOSYS', `${fe}/multi-queue-num-queues`, String(queues));
@@ -501,7 +508,7 @@ export class VbdBackend {
           channel = evtchn.bindInterdomain(this.frontendDomid, spec.port);
           const service = new RingService({
             abi, ring: mapping, channel, mapper, frontendDomid: this.frontendDomid, backing: this.backing!, vbd: this.vbd!,
-            stats: this.stats, persistent, maxPersistentGrants: l.maxPersistentGrants,
+            stats: this.stats, persistent, maxPersistentGrants: l.maxPersistentGrants, grantCopy: l.grantCopy,
             maxIndirectSegments: Math.min(l.maxIndirectSegments, BLKIF_MAX_INDIRECT_SEGMENTS), maxInFlight: l.maxInFlight,
             onHalt: (err: RingServiceError) => this.o.log(`${this.path}: queue ${q}: ${err.message}`),
           });
@@ -521,7 +528,7 @@ export class VbdBackend {
     this.abi = abi;
     this.ringPageOrder = order;
     this.persistentInUse = persistent;
-    this.o.log(`${this.path}: ${queues} queue(s) of ${nrPages} page(s), protocol ${abi}${protocol === undefined ? ' (unspecified, assuming x86_32 as Linux)' : ''}${persistent ? ', persistent grants' : ''}`);
+    this.o.log(`${this.path}: ${queues} queue(s) of ${nrPages} page(s), protocol ${abi}${protocol === undefined ? ' (unspecified, assuming x86_32 as Linux)' : ''}${persistent ? ', persistent grants' : ''}${l.grantCopy ? ', grant copy' : ''}`);
   }
 
   /** Publishes the disk and Connected in one transaction (connect), then starts the rings. */

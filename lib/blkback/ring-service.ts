@@ -49,11 +49,23 @@
 //   QD32 0.70-0.78x of the direct figure; 0.74-0.85x publishing at once); an event check per
 //   response cost more dom0 CPU per request on real Xen (3.1 ms against 2.6 ms, one boot each).
 //
+// Grant copy (option grantCopy; QEMU's qdisk serves blkif this way when the grant device can
+// copy): the request's pages are never mapped. The hypervisor copies a write's segments into a
+// buffer of the slot's own (GNTTABOP_copy, one call per request) before the write is issued,
+// and a read's data from that buffer into the segments after the read completed and before the
+// response is published. The buffer holds the request's sectors back to back, so the backing
+// gets one I/O vector entry per request (per merged run: one per request). Persistent grants
+// are not used with it (nothing stays mapped to reuse). A segment that cannot be copied fails
+// the request, as a map that cannot be made does. Each slot keeps its buffer for its next
+// request up to COPY_BUFFER_KEEP bytes for the ring in all; past that a slot's buffer is freed
+// when its request completes, so an idle ring holds at most that much.
+//
 // Allocation: decoding and responding reuse per-slot objects (the I/O vector too); what a
 // request allocates is what its I/O call needs (a view per run of segments that is not a whole
 // mapping, and the promise).
 import type { GrantMapper, MappedGrants } from '../../gnttab/gnttab.ts';
 import { PAGE_SIZE } from '../../gnttab/gnttab.ts';
+import { GrantCopyBatch } from '../../gnttab/copy-batch.ts';
 import { isGnttabError } from '../../gnttab/error.ts';
 import type { EventChannel } from '../../evtchn/evtchn.ts';
 import type { BlkifAbi, BlkifRequest, BlkifResponse } from '../../protocol/blkif.ts';
@@ -74,6 +86,7 @@ import { BackendError } from '../backends/block-backend.ts';
 import type { PersistentGrant } from './persistent-grants.ts';
 import { PersistentGrantCache, DEFAULT_MAX_PERSISTENT_GRANTS } from './persistent-grants.ts';
 import { turnNow } from './turn-clock.ts';
+import { Mapping } from '../../native/memory.ts';
 import type { VbdStats } from './stats.ts';
 
 /** What a ring needs to know about its disk; shared by the rings of one disk and updated on resize. */
@@ -125,6 +138,8 @@ export interface RingServiceOptions {
   readonly persistent: boolean;
   /** Persistent grants kept per ring (Linux max_persistent_grants, default 1056). */
   readonly maxPersistentGrants?: number;
+  /** Copy data through the hypervisor (grant copy) instead of mapping the grants; persistent is then ignored. */
+  readonly grantCopy?: boolean;
   /** What we advertised in feature-max-indirect-segments (0: no indirect requests). */
   readonly maxIndirectSegments: number;
   /** Requests in flight at most (default: the ring size, as Linux's pending_req pool). */
@@ -153,6 +168,10 @@ interface Slot {
   readonly segLen: Int32Array;
   /** The I/O vector handed to the backend, reused (the slot is the request's until it completes). */
   readonly iov: Buffer[];
+  /** Grant copy: the request's data, sectors back to back, and the copies that fill or empty it. */
+  bounce: Buffer | undefined;
+  bounceMap: Mapping | undefined;
+  copies: GrantCopyBatch | undefined;
   /** Completion callbacks of a plain read or write, bound once per slot (no closure per request). */
   readonly rwDone: () => void;
   readonly rwFailed: (e: unknown) => void;
@@ -172,6 +191,11 @@ const MERGE_MAX_BYTES = 1280 << 10;
 /** Most buffers in one merged call (Linux IOV_MAX, the limit of preadv/pwritev). */
 const MERGE_MAX_IOV = 1024;
 
+/** Grant copy: bytes of slot buffers a ring keeps between requests (more is freed as requests complete). */
+export const COPY_BUFFER_KEEP = 8 << 20;
+/** Grant copy: a slot's buffer is at least this big (Linux blkfront's 32-segment indirect requests: 128 KiB). */
+const COPY_BUFFER_MIN = 128 << 10;
+
 const NOT_RUNNING = 0;
 const WAITING = 1;
 const RUNNING = 2;
@@ -190,6 +214,11 @@ export class RingService {
   private readonly maxIndirect: number;
   private readonly maxInFlight: number;
   private readonly cache: PersistentGrantCache | undefined;
+  private readonly grantCopy: boolean;
+  /** Grant copy: bytes of slot buffers held now. */
+  private bounceBytes = 0;
+  /** Grant copy: the copies of a request's indirect descriptor pages. */
+  private readonly indirectCopies: GrantCopyBatch | undefined;
   private readonly onHalt: ((err: RingServiceError) => void) | undefined;
   private readonly slots: Slot[] = [];
   private readonly free: Slot[] = [];
@@ -239,7 +268,9 @@ export class RingService {
     }
     this.maxInFlight = Math.max(1, Math.min(opts.maxInFlight ?? sring.size, sring.size));
     const maxPersistent = opts.maxPersistentGrants ?? DEFAULT_MAX_PERSISTENT_GRANTS;
-    this.cache = opts.persistent ? new PersistentGrantCache(opts.mapper, maxPersistent) : undefined;
+    this.grantCopy = opts.grantCopy === true;
+    this.cache = opts.persistent && !this.grantCopy ? new PersistentGrantCache(opts.mapper, maxPersistent) : undefined;
+    this.indirectCopies = this.grantCopy ? new GrantCopyBatch(BLKIF_MAX_INDIRECT_PAGES_PER_REQUEST) : undefined;
   }
 
   /** `ringSize` is the number of entries of the ring. */
@@ -255,6 +286,11 @@ export class RingService {
   /** `persistentGrants` is how many grants this ring keeps mapped persistently. */
   get persistentGrants(): number {
     return this.cache?.size ?? 0;
+  }
+
+  /** `copyBufferBytes` is how much memory the ring's grant copy buffers take now. */
+  get copyBufferBytes(): number {
+    return this.bounceBytes;
   }
 
   /** `isHalted` tells whether the frontend broke the ring and processing stopped. */
@@ -291,6 +327,7 @@ export class RingService {
       this.cache.clear();
       this.syncCacheCount();
     }
+    for (const s of this.slots) this.freeBounce(s);
     try {
       this.channel.close();
     } catch {
@@ -359,6 +396,9 @@ export class RingService {
         segOff: new Int32Array(Math.max(this.maxIndirect, 11)),
         segLen: new Int32Array(Math.max(this.maxIndirect, 11)),
         iov: [],
+        bounce: undefined,
+        bounceMap: undefined,
+        copies: undefined,
         rwDone: () => this.rwDone(slot),
         rwFailed: (e: unknown) => this.complete(slot, backingStatus(e)),
       };
@@ -472,6 +512,15 @@ export class RingService {
   }
 
   private rwDone(s: Slot): void {
+    if (s.req.dataOp === BLKIF_OP_READ && s.copies !== undefined && s.copies.count > 0) {
+      // Grant copy: the data goes to the guest's pages before the response says it is there.
+      // On this thread: from koffi's worker threads (`.async`) it made serve slower on real Xen
+      // (BENCHMARKS.md, session 11).
+      if (!this.copyGrants(s.copies, s.bounce!, true)) {
+        this.complete(s, BLKIF_RSP_ERROR);
+        return;
+      }
+    }
     if (s.req.dataOp === BLKIF_OP_READ) this.stats.rdSect += s.nsect;
     else this.stats.wrSect += s.nsect;
     this.complete(s, BLKIF_RSP_OKAY);
@@ -512,6 +561,8 @@ export class RingService {
   private prepareRw(s: Slot): number {
     const req = s.req;
     const op = req.dataOp;
+    // Grant copy: nothing of an earlier request's copies may be replayed for this one.
+    s.copies?.clear();
     if (op !== BLKIF_OP_READ && this.vbd.readonly) return BLKIF_RSP_ERROR;
     if (req.operation === BLKIF_OP_INDIRECT) {
       const st = this.readIndirectSegments(s);
@@ -531,6 +582,7 @@ export class RingService {
     s.nsect = nsect;
     if (nsect > 0 && !(req.sectorNumber + nsect <= this.vbd.sectors)) return BLKIF_RSP_ERROR;
     if (n === 0) return BLKIF_RSP_OKAY;
+    if (this.grantCopy) return this.copySegments(s) ? BLKIF_RSP_OKAY : BLKIF_RSP_ERROR;
     return this.mapSegments(s) ? BLKIF_RSP_OKAY : BLKIF_RSP_ERROR;
   }
 
@@ -541,6 +593,13 @@ export class RingService {
     const scratch = this.indirectScratch;
     if (this.cache !== undefined) {
       if (!this.copyIndirectPersistent(req, this.cache)) return BLKIF_RSP_ERROR;
+    } else if (this.indirectCopies !== undefined) {
+      // Grant copy: only the descriptors' bytes are copied, nothing is mapped.
+      const b = this.indirectCopies;
+      b.clear();
+      let left = req.nrSegments * 8;
+      for (let i = 0; i < pages; i++, left -= PAGE_SIZE) b.add(req.indirectGrefs[i]!, 0, Math.min(left, PAGE_SIZE), i * PAGE_SIZE);
+      if (!this.copyGrants(b, scratch, false)) return BLKIF_RSP_ERROR;
     } else {
       let mapping: MappedGrants;
       try {
@@ -598,6 +657,75 @@ export class RingService {
     }
     this.syncCacheCount();
     return ok;
+  }
+
+  /**
+   * Grant copy: lays the request's segments out back to back in the slot's buffer and, for a
+   * write, copies them in from the guest now; false when a segment cannot be copied.
+   */
+  private copySegments(s: Slot): boolean {
+    const req = s.req;
+    const n = req.nrSegments;
+    const bytes = s.nsect * BLKIF_SECTOR_SIZE;
+    let buf: Buffer;
+    try {
+      buf = this.bounceFor(s, bytes);
+    } catch {
+      // No memory for the buffer (mmap refused): this request fails, the ring goes on.
+      return false;
+    }
+    const b = s.copies ??= new GrantCopyBatch(Math.max(this.maxIndirect, 11));
+    b.clear();
+    let pos = 0;
+    for (let i = 0; i < n; i++) {
+      const off = req.segFirst[i]! * BLKIF_SECTOR_SIZE;
+      const len = (req.segLast[i]! - req.segFirst[i]! + 1) * BLKIF_SECTOR_SIZE;
+      b.add(req.segGref[i]!, off, len, pos);
+      s.segBuf[i] = buf;
+      s.segOff[i] = pos;
+      s.segLen[i] = len;
+      pos += len;
+    }
+    if (req.dataOp === BLKIF_OP_READ) return true;
+    const ok = this.copyGrants(b, buf, false);
+    // Nothing to copy back for a write: an empty batch tells rwDone so.
+    b.clear();
+    return ok;
+  }
+
+  /** One grant copy call; false when the hypervisor refused a piece (the request fails). */
+  private copyGrants(b: GrantCopyBatch, local: Uint8Array, toForeign: boolean): boolean {
+    try {
+      this.mapper.copy(this.domid, b, local, toForeign);
+      return true;
+    } catch {
+      return false;
+    }
+  }
+
+  /** The slot's buffer, at least `bytes` long (grown by a fresh page-aligned mapping: O_DIRECT needs aligned memory). */
+  private bounceFor(s: Slot, bytes: number): Buffer {
+    if (s.bounce !== undefined && s.bounce.length >= bytes) return s.bounce;
+    this.freeBounce(s);
+    let size = COPY_BUFFER_MIN;
+    while (size < bytes) size *= 2;
+    const m = Mapping.anonymous(size, 'grant copy buffer');
+    s.bounceMap = m;
+    s.bounce = m.view();
+    this.bounceBytes += size;
+    return s.bounce;
+  }
+
+  private freeBounce(s: Slot): void {
+    const m = s.bounceMap;
+    if (m === undefined) return;
+    this.bounceBytes -= m.length;
+    s.bounceMap = undefined;
+    s.bounce = undefined;
+    // Views of it handed to the backend are detached: the slot's next request gets a new one.
+    for (let i = 0; i < s.segBuf.length; i++) s.segBuf[i] = undefined;
+    s.iov.length = 0;
+    m.unmap();
   }
 
   /** Maps the request's segment grants into `s`; false (nothing left mapped) when one cannot be. */
@@ -794,6 +922,7 @@ export class RingService {
         void SETTLED.then(this.checkNotify);
       }
     }
+    if (this.bounceBytes > COPY_BUFFER_KEEP) this.freeBounce(s);
     this.inFlightCount--;
     this.stats.inFlight--;
     this.free.push(s);

@@ -23,6 +23,13 @@ function facts(): Map<string, string> {
 
 const hex = (b: Uint8Array): string => Buffer.from(b).toString('hex');
 
+/** `gntst(name)` is the status our GNTST_NAMES table gives `name` (checked against grant_table.h). */
+function gntst(name: string): number {
+  const e = Object.entries(G.GNTST_NAMES).find(([, n]) => n === name);
+  assert.ok(e !== undefined, `GNTST_NAMES has no ${name}`);
+  return Number(e[0]);
+}
+
 test('ioctl request numbers, struct sizes and offsets match xen/sys/{gntdev,gntalloc,evtchn}.h', (t) => {
   const f = facts();
   const num = (k: string): number => {
@@ -34,6 +41,7 @@ test('ioctl request numbers, struct sizes and offsets match xen/sys/{gntdev,gnta
     ['IOCTL_GNTDEV_MAP_GRANT_REF', G.IOCTL_GNTDEV_MAP_GRANT_REF],
     ['IOCTL_GNTDEV_UNMAP_GRANT_REF', G.IOCTL_GNTDEV_UNMAP_GRANT_REF],
     ['IOCTL_GNTDEV_SET_UNMAP_NOTIFY', G.IOCTL_GNTDEV_SET_UNMAP_NOTIFY],
+    ['IOCTL_GNTDEV_GRANT_COPY', G.IOCTL_GNTDEV_GRANT_COPY],
     ['IOCTL_GNTALLOC_ALLOC_GREF', G.IOCTL_GNTALLOC_ALLOC_GREF],
     ['IOCTL_GNTALLOC_DEALLOC_GREF', G.IOCTL_GNTALLOC_DEALLOC_GREF],
     ['IOCTL_GNTALLOC_SET_UNMAP_NOTIFY', G.IOCTL_GNTALLOC_SET_UNMAP_NOTIFY],
@@ -54,6 +62,18 @@ test('ioctl request numbers, struct sizes and offsets match xen/sys/{gntdev,gnta
     ['sizeof.ioctl_gntdev_unmap_notify', G.GNTDEV_SIZES.unmap_notify],
     ['offsetof.ioctl_gntdev_unmap_notify.action', 8],
     ['offsetof.ioctl_gntdev_unmap_notify.event_channel_port', 12],
+    ['sizeof.ioctl_gntdev_grant_copy', G.GNTDEV_SIZES.grant_copy],
+    ['offsetof.ioctl_gntdev_grant_copy.segments', 8],
+    ['sizeof.ioctl_gntdev_grant_copy_segment', G.GNTDEV_SIZES.grant_copy_segment],
+    ['offsetof.ioctl_gntdev_grant_copy_segment.dest', 8],
+    ['offsetof.ioctl_gntdev_grant_copy_segment.len', 16],
+    ['offsetof.ioctl_gntdev_grant_copy_segment.flags', 18],
+    ['offsetof.ioctl_gntdev_grant_copy_segment.status', 20],
+    ['GNTCOPY_source_gref', G.GNTCOPY_SOURCE_GREF],
+    ['GNTCOPY_dest_gref', G.GNTCOPY_DEST_GREF],
+    ['-GNTST_bad_gntref', -gntst('GNTST_bad_gntref')],
+    ['-GNTST_permission_denied', -gntst('GNTST_permission_denied')],
+    ['-GNTST_bad_copy_arg', -gntst('GNTST_bad_copy_arg')],
     ['sizeof.ioctl_gntalloc_alloc_gref', G.GNTALLOC_SIZES.alloc_gref],
     ['offsetof.ioctl_gntalloc_alloc_gref.flags', 2],
     ['offsetof.ioctl_gntalloc_alloc_gref.count', 4],
@@ -95,6 +115,14 @@ test('encoded ioctl arguments and a grant entry are byte-identical to the C stru
   const map = G.encodeMapGrantRef(7, [100, 101, 102]);
   assert.equal(hex(map), f.get('enc.map_grant_ref'));
   assert.equal(hex(G.encodeUnmapGrantRef(0x123456789000, 11)), f.get('enc.unmap_grant_ref'));
+  const segs = new Uint8Array(2 * G.GNTDEV_SIZES.grant_copy_segment);
+  const sv = new DataView(segs.buffer);
+  G.encodeGrantCopySegment(sv, 0, 0x7f0012345600, 7, 0x1234, 512, 3584, true);
+  G.encodeGrantCopySegment(sv, 1, 0x1000, 7, 9, 0, 4096, false);
+  assert.equal(hex(segs), f.get('enc.grant_copy_segments'));
+  const copyArg = new Uint8Array(G.GNTDEV_SIZES.grant_copy);
+  G.encodeGrantCopy(new DataView(copyArg.buffer), 0x55aa00001000, 2);
+  assert.equal(hex(copyArg), f.get('enc.grant_copy'));
   assert.equal(hex(G.encodeUnmapNotify(0x1005, UNMAP_NOTIFY_CLEAR_BYTE | UNMAP_NOTIFY_SEND_EVENT, 42)), f.get('enc.unmap_notify'));
   assert.equal(hex(G.encodeAllocGref(3, G.GNTALLOC_FLAG_WRITABLE, 4)), f.get('enc.alloc_gref'));
   assert.equal(hex(G.encodeDeallocGref(0x5000, 2)), f.get('enc.dealloc_gref'));

@@ -26,7 +26,7 @@ test('fuzz blkback: a malicious frontend gets correct answers, never an access t
   );
   assert.ok(r.iterations >= RINGS, `ran ${r.iterations} of ${RINGS} rings`);
   // The run reached the hostile paths, not only the happy ones.
-  for (const k of ['well-formed', 'flawed', 'chaos', 'ok', 'error', 'eopnotsupp', 'halts', 'teardowns', 'reconnects', 'rewrites', 'storms', 'failed-maps', 'mode-replay', 'disk-checks']) {
+  for (const k of ['well-formed', 'flawed', 'chaos', 'ok', 'error', 'eopnotsupp', 'halts', 'teardowns', 'reconnects', 'rewrites', 'storms', 'failed-maps', 'copies', 'mode-replay', 'disk-checks']) {
     assert.ok((r.counters[k] ?? 0) > 0, `the run never produced ${k}: ${summary}`);
   }
 });
@@ -39,7 +39,7 @@ test('fuzz blkback on the simulator: `xenblk serve` in its own process survives 
   console.log(summary);
   assert.deepEqual(r.findings.map((f) => `${f.summary}\n  reproduce: ${f.reproduce}\n  ${(f.detail ?? '').split('\n').slice(0, 20).join('\n  ')}`), []);
   assert.ok(r.iterations >= 250, `ran ${r.iterations} of 250 rings`);
-  for (const k of ['sessions', 'reconnects', 'disk-checks', 'mode-chaos', 'mode-storm']) {
+  for (const k of ['sessions', 'grant-copy-sessions', 'reconnects', 'disk-checks', 'mode-chaos', 'mode-storm']) {
     assert.ok((r.counters[k] ?? 0) > 0, `the run never produced ${k}: ${summary}`);
   }
 });

@@ -2,7 +2,8 @@
 // map/unmap cycles keep their content right and leak nothing (no mapping, no pin); two processes
 // of one domain can map the same grant at once and end of access waits for both; an unmap
 // notification set by a live process fires at its unmap (clear byte, then the event), as
-// gntdev's SET_UNMAP_NOTIFY does.
+// gntdev's SET_UNMAP_NOTIFY does. A grant copy between processes moves the bytes asked for,
+// is refused where a map would be, and leaves no pin and no mapping behind.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
@@ -75,4 +76,38 @@ test('unmap notification on a live unmap: the byte is cleared, then the event ar
   assert.equal((await front.call<{ text: string }>('read', { obj: pages.obj, offset: 9, length: 1 })).text, '\0');
   err = await back.failure('unmap', { obj: m.obj });
   assert.deepEqual([err.name, err.code], ['GnttabError', 'EINVAL']);
+});
+
+test('grant copy between processes: bytes land where asked, refusals name the ref, no pin or mapping stays', { timeout: 60_000 }, async (t) => {
+  const e = await env(t);
+  const front = e.child();
+  const back = e.child();
+  await front.call('attach', { dir: e.dir, domid: 3 });
+  const b = await back.call<{ pid: number }>('attach', { dir: e.dir, domid: 0 });
+  const rw = await front.call<{ obj: number; refs: number[] }>('share', { domid: 0, count: 2, writable: true });
+  const ro = await front.call<{ obj: number; refs: number[] }>('share', { domid: 0, count: 1, writable: false });
+  await front.call('write', { obj: ro.obj, offset: 100, text: 'read-only page' });
+  // Into the grants: "abc" at 4090 of page 0, "defgh" at 0 of page 1 (a piece per page, as blkif segments are).
+  await back.call('copy', { domid: 3, toForeign: true, size: 8, text: 'abcdefgh', pieces: [[rw.refs[0], 4090, 3, 0], [rw.refs[1], 0, 5, 3]] });
+  assert.equal((await front.call<{ text: string }>('read', { obj: rw.obj, offset: 4090, length: 11 })).text, 'abc\0\0\0defgh');
+  // Out of them, and out of the read-only grant.
+  const out = await back.call<{ text: string }>('copy', { domid: 3, toForeign: false, size: 22, pieces: [[rw.refs[1], 0, 8, 0], [ro.refs[0], 100, 14, 8]] });
+  assert.equal(out.text, 'defgh\0\0\0read-only page');
+  let err = await back.failure('copy', { domid: 3, toForeign: true, size: 4, text: 'nope', pieces: [[ro.refs[0], 0, 4, 0]] });
+  assert.deepEqual([err.name, err.code], ['GnttabError', 'EPERM'], err.message);
+  assert.match(err.message ?? '', new RegExp(`ref ${ro.refs[0]}`));
+  assert.equal((await front.call<{ text: string }>('read', { obj: ro.obj, offset: 0, length: 4 })).text, '\0\0\0\0', 'the read-only page was not written');
+  err = await back.failure('copy', { domid: 3, toForeign: false, size: 4, pieces: [[rw.refs[0], 4094, 4, 0]] });
+  assert.match(err.message ?? '', /not within one 4096-byte page/);
+  err = await back.failure('copy', { domid: 3, toForeign: false, size: 4, pieces: [[rw.refs[0], 0, 4, 2]] });
+  assert.deepEqual([err.name, err.code], ['GnttabError', 'EINVAL'], 'a local range past the buffer is refused before the hypervisor is asked');
+  // Nothing stays: no pin (end of access succeeds at once), no mapping of the frontend.
+  assert.equal(readStatus(e.dir).domains.find((d) => d.domid === 3)!.grantsMapped, 0, 'no pin left');
+  const maps = fs.readFileSync(`/proc/${b.pid}/maps`, 'utf8').split('\n').filter((l) => l.includes(`${e.dir}/mem-3.`));
+  assert.deepEqual(maps, [], 'nothing of the frontend mapped');
+  await front.call('endAccess', { obj: rw.obj });
+  await front.call('endAccess', { obj: ro.obj });
+  // An ended grant cannot be copied.
+  err = await back.failure('copy', { domid: 3, toForeign: false, size: 4, pieces: [[rw.refs[0], 0, 4, 0]] });
+  assert.equal(err.name, 'GnttabError', err.message);
 });

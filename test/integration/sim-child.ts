@@ -7,6 +7,7 @@ import { attachSim, type SimHost } from '../../lib/sim/attach.ts';
 import { openHost } from '../../lib/host/open.ts';
 import type { MappedGrants, SharedPages } from '../../gnttab/gnttab.ts';
 import type { EventChannel } from '../../evtchn/evtchn.ts';
+import { GrantCopyBatch } from '../../gnttab/copy-batch.ts';
 
 type Cmd = Record<string, unknown> & { id: number; op: string };
 
@@ -63,6 +64,17 @@ async function run(c: Cmd): Promise<unknown> {
     case 'unmap':
       h().mapper.unmap(obj(c.obj) as MappedGrants);
       return {};
+    case 'copy': {
+      // pieces: [ref, offset, length, localOffset][]; into the grants `text` (latin1) laid out
+      // as the local buffer, or out of them: the local buffer read back as text.
+      const pieces = c.pieces as [number, number, number, number][];
+      const batch = new GrantCopyBatch(pieces.length);
+      for (const [ref, off, len, at] of pieces) batch.add(ref, off, len, at);
+      const local = Buffer.alloc(Number(c.size));
+      if (c.toForeign) Buffer.from(String(c.text), 'latin1').copy(local);
+      h().mapper.copy(Number(c.domid), batch, local, Boolean(c.toForeign));
+      return { text: local.toString('latin1') };
+    }
     case 'endAccess':
       h().sharer.endAccess(obj(c.obj) as SharedPages);
       return {};

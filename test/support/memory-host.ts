@@ -185,6 +185,24 @@ export function createMemoryPlatform(opts: { ramPages?: number } = {}): MemoryPl
           if (p !== undefined) notifyPort(p);
         }
       },
+      copy(domid, batch, local, toForeign) {
+        // GNTTABOP_copy: every piece checked as a map would be, then copied; no pin outlives the call.
+        const grantor = domain(domid);
+        if (batch.count < 1) throw new MemoryHostError('copy of zero pieces', 'EINVAL');
+        for (let i = 0; i < batch.count; i++) {
+          const ref = batch.refs[i]!;
+          const g = grantor.grants.get(ref);
+          if (g === undefined) throw new MemoryHostError(`domain ${domid} grant ${ref} is not granted`, 'GNTST_bad_gntref');
+          if (g.grantee !== self) throw new MemoryHostError(`domain ${domid} grant ${ref} is for domain ${g.grantee}, not ${self}`, 'GNTST_permission_denied');
+          if (toForeign && g.readonly) throw new MemoryHostError(`domain ${domid} grant ${ref} is read-only`, 'GNTST_permission_denied');
+          const at = batch.localOffsets[i]!;
+          const len = batch.lengths[i]!;
+          if (at < 0 || at + len > local.byteLength) throw new MemoryHostError(`local range ${at}+${len} outside the buffer`, 'EINVAL');
+          const page = g.frame * PAGE_SIZE + batch.offsets[i]!;
+          if (toForeign) grantor.ram.set(local.subarray(at, at + len), page);
+          else local.set(grantor.ram.subarray(page, page + len), at);
+        }
+      },
       setUnmapNotify(m, notify) {
         const c = copies.get(m);
         if (c === undefined) throw new MemoryHostError('setUnmapNotify on an unknown mapping', 'EINVAL');

@@ -42,6 +42,7 @@ test('persistent grant cache: references past the dense index (>= 32768) and a s
     map: () => { throw new Error('not used'); },
     unmap: (m) => { unmapped.push(m.refs[0]!); },
     setUnmapNotify: () => undefined,
+    copy: () => { throw new Error('not used'); },
     close: () => undefined,
   };
   const page = (gref: number): MappedGrants => ({ domid: 2, refs: [gref], buffer: Buffer.alloc(4096), writable: true });

@@ -24,7 +24,7 @@ import {
 import type { BlockBackend } from '../../lib/backends/block-backend.ts';
 import { createRamDisk } from '../../lib/backends/ram.ts';
 import type { RamDisk } from '../../lib/backends/ram.ts';
-import { LATENCY_SAMPLE, RingService, RingServiceError } from '../../lib/blkback/ring-service.ts';
+import { COPY_BUFFER_KEEP, LATENCY_SAMPLE, RingService, RingServiceError } from '../../lib/blkback/ring-service.ts';
 import type { VbdGeometry } from '../../lib/blkback/ring-service.ts';
 import { VbdStats } from '../../lib/blkback/stats.ts';
 
@@ -53,6 +53,7 @@ interface Pair {
 function pair(opts: {
   abi?: BlkifAbi; order?: number; backing?: BlockBackend; vbd?: Partial<VbdGeometry>;
   persistent?: boolean; maxPersistentGrants?: number; maxIndirect?: number; maxInFlight?: number;
+  grantCopy?: boolean;
   onHalt?: (e: RingServiceError) => void;
   /** Wraps the backend's mapper for the service (the ring itself is mapped without it). */
   wrapMapper?: (m: GrantMapper) => GrantMapper;
@@ -75,7 +76,7 @@ function pair(opts: {
   const stats = new VbdStats();
   const svc = new RingService({
     abi, ring, channel, mapper: opts.wrapMapper?.(mapper) ?? mapper, frontendDomid: FE, backing, vbd, stats,
-    persistent: opts.persistent ?? false, maxPersistentGrants: opts.maxPersistentGrants,
+    persistent: opts.persistent ?? false, maxPersistentGrants: opts.maxPersistentGrants, grantCopy: opts.grantCopy,
     maxIndirectSegments: opts.maxIndirect ?? 256, maxInFlight: opts.maxInFlight, onHalt: opts.onHalt,
   });
   svc.start();
@@ -191,10 +192,10 @@ async function until(cond: () => boolean, what: string): Promise<void> {
   assert.fail(`never happened: ${what}`);
 }
 
-for (const abi of ['x86_64', 'x86_32'] as const) {
-  test(`${abi}: multi-segment writes with partial sectors land on the disk and read back`, async () => {
+for (const [abi, grantCopy] of [['x86_64', false], ['x86_32', false], ['x86_64', true]] as const) {
+  test(`${abi}: multi-segment writes with partial sectors land on the disk and read back${grantCopy ? ' (grant copy)' : ''}`, async () => {
     const disk = createRamDisk({ size: 1 << 20 });
-    const p = pair({ abi, backing: disk });
+    const p = pair({ abi, backing: disk, grantCopy });
     const pages = [p.page(0x11, false), p.page(0x22, false), p.page(0x33, false)];
     pages[0]!.buffer.fill(0x44, 3 * 512, 8 * 512);
     const segs = [{ page: pages[0]!, first: 3, last: 7 }, { page: pages[1]!, first: 0, last: 7 }, { page: pages[2]!, first: 0, last: 1 }];
@@ -217,10 +218,18 @@ for (const abi of ['x86_64', 'x86_32'] as const) {
   });
 }
 
-for (const persistent of [false, true]) {
-  test(`indirect requests of 40 segments, persistent grants ${persistent ? 'on' : 'off'}`, async () => {
+/** The three ways blkback reaches the guest's pages: map per request, persistent grants, grant copy. */
+const MODES = [
+  { label: 'persistent grants off', persistent: false, grantCopy: false },
+  { label: 'persistent grants on', persistent: true, grantCopy: false },
+  { label: 'grant copy (persistent offered but not used)', persistent: true, grantCopy: true },
+] as const;
+
+for (const { label, persistent: offered, grantCopy } of MODES) {
+  const persistent = offered && !grantCopy;
+  test(`indirect requests of 40 segments, ${label}`, async () => {
     const disk = createRamDisk({ size: 1 << 20 });
-    const p = pair({ backing: disk, persistent, order: 1 });
+    const p = pair({ backing: disk, persistent: offered, grantCopy, order: 1 });
     const src = Array.from({ length: 40 }, (_, i) => p.page(i + 1, false));
     const w = await p.submit({ operation: BLKIF_OP_INDIRECT, dataOp: BLKIF_OP_WRITE, sectorNumber: 8, segs: fullSegs(src) });
     assert.deepEqual(w, { status: BLKIF_RSP_OKAY, operation: BLKIF_OP_WRITE }, 'INDIRECT is answered with indirect_op, as Linux does');
@@ -238,11 +247,12 @@ for (const persistent of [false, true]) {
   });
 }
 
-for (const persistent of [false, true]) {
+for (const { label, persistent: offered, grantCopy } of MODES) {
+  const persistent = offered && !grantCopy;
   // 600 descriptors: a whole indirect page (512) and 88 in the second, which is read in part.
-  test(`an indirect request spanning two indirect pages (600 segments, x86_32) is served, persistent grants ${persistent ? 'on' : 'off'}`, async () => {
+  test(`an indirect request spanning two indirect pages (600 segments, x86_32) is served, ${label}`, async () => {
     const disk = createRamDisk({ size: 4 << 20 });
-    const p = pair({ abi: 'x86_32', backing: disk, maxIndirect: 4096, vbd: { sectors: 8192 }, persistent });
+    const p = pair({ abi: 'x86_32', backing: disk, maxIndirect: 4096, vbd: { sectors: 8192 }, persistent: offered, grantCopy });
     const src = Array.from({ length: 600 }, (_, i) => p.page((i * 7) & 0xff, false));
     const w = await p.submit({ operation: BLKIF_OP_INDIRECT, dataOp: BLKIF_OP_WRITE, sectorNumber: 16, segs: fullSegs(src) });
     assert.deepEqual(w, { status: BLKIF_RSP_OKAY, operation: BLKIF_OP_WRITE });
@@ -348,10 +358,10 @@ test('a request that completes early is answered before an earlier slow one', as
   await closeAndCheckClean(p);
 });
 
-test('adjacent reads or writes published together go to the disk as one call; each is answered, with the call\'s status', async () => {
+for (const grantCopy of [false, true]) test(`adjacent reads or writes published together go to the disk as one call; each is answered, with the call's status${grantCopy ? ' (grant copy)' : ''}`, async () => {
   const inner = createRamDisk({ size: 1 << 20 });
   const disk = gatedDisk(inner);
-  const p = pair({ backing: disk, maxIndirect: 32 });
+  const p = pair({ backing: disk, maxIndirect: 32, grantCopy });
   // Three adjacent writes (one direct, one indirect, one direct), a write elsewhere, a read
   // adjacent to them (other direction: not merged), two adjacent reads.
   const srcs = [p.page(1, false), p.page(2, false), p.page(3, false), p.page(4, false)];
@@ -378,7 +388,7 @@ test('adjacent reads or writes published together go to the disk as one call; ea
 
   // A merged call that fails fails each of its requests; a separate one is unaffected.
   const failing: BlockBackend = { ...inner, size: () => inner.size(), async write(off) { throw new Error(`no write at ${off}`); } };
-  const q = pair({ backing: failing });
+  const q = pair({ backing: failing, grantCopy });
   const bad = [0, 8, 16].map((sectorNumber) => q.queue({ operation: BLKIF_OP_WRITE, sectorNumber, segs: fullSegs([q.page(9, false)]) }));
   const good = q.queue({ operation: BLKIF_OP_READ, sectorNumber: 0, segs: fullSegs([q.page()]) });
   q.push();
@@ -537,6 +547,7 @@ test('persistent grants: a map refused for want of mappings (ENOMEM) gives back 
         if (ours.delete(x)) live -= x.refs.length;
       },
       setUnmapNotify: (x, n) => m.setUnmapNotify(x, n),
+      copy: (d, b, l, t) => m.copy(d, b, l, t),
       close: () => m.close(),
     }),
   });
@@ -615,5 +626,88 @@ test('events taken and notifications sent are counted: one each per lone request
   assert.equal(p.stats.events, 6, 'eight requests published at once are one notification');
   assert.ok(p.stats.notifies >= 6 && p.stats.notifies <= 13, `notifications ${p.stats.notifies}`);
   assert.equal(p.stats.snapshot().events, 6);
+  await closeAndCheckClean(p);
+});
+
+/** A mapper that counts the maps the service makes (the ring was mapped before it) and the pieces it copies. */
+function countingMapper(m: GrantMapper, seen: { maps: number; copies: number; pieces: number }): GrantMapper {
+  return {
+    map(domid, refs, writable) { seen.maps++; return m.map(domid, refs, writable); },
+    unmap: (x) => m.unmap(x),
+    setUnmapNotify: (x, n) => m.setUnmapNotify(x, n),
+    copy(domid, batch, local, toForeign) { seen.copies++; seen.pieces += batch.count; m.copy(domid, batch, local, toForeign); },
+    close: () => m.close(),
+  };
+}
+
+test('grant copy: no page of the guest is mapped; writes, reads, a flush with data and indirect requests move the right bytes, one copy call per request', async () => {
+  const disk = createRamDisk({ size: 1 << 20 });
+  const seen = { maps: 0, copies: 0, pieces: 0 };
+  const p = pair({ backing: disk, grantCopy: true, persistent: true, maxIndirect: 32, wrapMapper: (m) => countingMapper(m, seen) });
+  const src = [p.page(0x5a, false), p.page(0x6b, false)];
+  src[1]!.buffer.fill(0x7c, 2048);
+  const w = await p.submit({ operation: BLKIF_OP_WRITE, sectorNumber: 40, segs: [{ page: src[0]!, first: 2, last: 7 }, { page: src[1]!, first: 0, last: 7 }] });
+  assert.equal(w.status, BLKIF_RSP_OKAY);
+  const expect = Buffer.concat([Buffer.alloc(6 * 512, 0x5a), Buffer.alloc(2048, 0x6b), Buffer.alloc(2048, 0x7c)]);
+  assert.deepEqual(disk.data.subarray(40 * 512, 40 * 512 + expect.length), expect);
+  const f = await p.submit({ operation: BLKIF_OP_FLUSH_DISKCACHE, sectorNumber: 0, segs: fullSegs([p.page(0x31, false)]) });
+  assert.equal(f.status, BLKIF_RSP_OKAY);
+  assert.equal(disk.data.subarray(0, 4096).every((x) => x === 0x31), true, 'the flush\'s data was written');
+  const dst = Array.from({ length: 20 }, () => p.page(0xff));
+  const r = await p.submit({ operation: BLKIF_OP_INDIRECT, dataOp: BLKIF_OP_READ, sectorNumber: 38, segs: dst.map((page, i) => ({ page, first: i === 0 ? 4 : 0, last: 7 })) });
+  assert.equal(r.status, BLKIF_RSP_OKAY);
+  const got = Buffer.concat(dst.map((pg, i) => pg.buffer.subarray(i === 0 ? 2048 : 0)));
+  assert.deepEqual(got, disk.data.subarray(38 * 512, 38 * 512 + got.length));
+  assert.equal(dst[0]!.buffer.subarray(0, 2048).every((x) => x === 0xff), true, 'sectors outside the segment are untouched');
+  assert.equal(seen.maps, 0, 'nothing of the guest was mapped');
+  // write, flush, indirect read (its descriptor page, then its data after the read).
+  assert.equal(seen.copies, 4);
+  assert.equal(seen.pieces, 2 + 1 + 1 + 20);
+  assert.equal(p.svc.persistentGrants, 0, 'persistent grants are not used with grant copy');
+  assert.ok(p.svc.copyBufferBytes > 0);
+  await closeAndCheckClean(p);
+  assert.equal(p.svc.copyBufferBytes, 0, 'close frees the copy buffers');
+});
+
+test('grant copy: a read into a read-only grant, a ref never granted and another domain\'s grant fail the request; pages and disk stay as they were; the ring keeps serving', async () => {
+  const disk = createRamDisk({ size: 1 << 20 });
+  disk.data.fill(0x42, 0, 64 * 512);
+  const p = pair({ backing: disk, grantCopy: true });
+  const ro = p.page(0x11, false);
+  const okPage = p.page(0);
+  // Refused after the read: the writable first segment may have been copied, the read-only one never.
+  const r1 = await p.submit({ operation: BLKIF_OP_READ, sectorNumber: 0, segs: [{ page: okPage, first: 0, last: 7 }, { page: ro, first: 0, last: 7 }] });
+  assert.equal(r1.status, BLKIF_RSP_ERROR);
+  assert.equal(ro.buffer.every((x) => x === 0x11), true, 'the read-only page was not written');
+  const bogus = { page: { ...ro, refs: [4000] }, first: 0, last: 7 };
+  assert.equal((await p.submit({ operation: BLKIF_OP_WRITE, sectorNumber: 8, segs: [bogus] })).status, BLKIF_RSP_ERROR);
+  const other = p.plat.sharer(FE).share(9, 1, true);
+  other.buffer.fill(0x99);
+  assert.equal((await p.submit({ operation: BLKIF_OP_WRITE, sectorNumber: 16, segs: fullSegs([other]) })).status, BLKIF_RSP_ERROR);
+  assert.equal((await p.submit({ operation: BLKIF_OP_READ, sectorNumber: 24, segs: fullSegs([other]) })).status, BLKIF_RSP_ERROR);
+  assert.equal(other.buffer.every((x) => x === 0x99), true, 'a grant to another domain was not written');
+  assert.equal(disk.data.subarray(0, 64 * 512).every((x) => x === 0x42), true, 'no failed write reached the disk');
+  assert.equal(p.stats.errors, 4);
+  const after = p.page(0);
+  assert.equal((await p.submit({ operation: BLKIF_OP_READ, sectorNumber: 0, segs: fullSegs([after]) })).status, BLKIF_RSP_OKAY);
+  assert.equal(after.buffer.every((x) => x === 0x42), true);
+  await closeAndCheckClean(p);
+});
+
+test('grant copy: the slot buffers a ring keeps between requests are bounded by COPY_BUFFER_KEEP', async () => {
+  const inner = createRamDisk({ size: 1 << 20 });
+  const disk = gatedDisk(inner);
+  const p = pair({ backing: disk, grantCopy: true, maxIndirect: 128 });
+  // 32 reads of 512 KiB in flight at once (a whole order-0 ring): 16 MiB of buffers.
+  const pages = Array.from({ length: 128 }, () => p.page());
+  const rsps = Array.from({ length: 32 }, (_, i) => p.queue({ operation: BLKIF_OP_INDIRECT, dataOp: BLKIF_OP_READ, sectorNumber: (i % 2) * 1024, segs: fullSegs(pages) }));
+  p.push();
+  await until(() => disk.inFlight > 0, 'reads issued');
+  assert.equal(p.svc.copyBufferBytes, 32 * (512 << 10), 'each request in flight has its buffer');
+  disk.release(64);
+  const got = await Promise.all(rsps);
+  assert.ok(got.every((r) => r.status === BLKIF_RSP_OKAY));
+  assert.ok(p.svc.copyBufferBytes <= COPY_BUFFER_KEEP, `${p.svc.copyBufferBytes} bytes kept, bound ${COPY_BUFFER_KEEP}`);
+  assert.ok(p.svc.copyBufferBytes > 0, 'some are kept for the next requests');
   await closeAndCheckClean(p);
 });

@@ -68,6 +68,8 @@ export interface XenBenchOptions {
    * main thread then never looks idle, so the CPU trace finds no second of the kernel's disk alone.
    */
   readonly profiler?: 'perf' | 'v8';
+  /** Extra options for `xenblk serve` (e.g. `--grant-copy`); words without spaces or quotes. */
+  readonly serveArgs?: readonly string[];
 }
 
 export interface XenBenchResult {
@@ -142,6 +144,7 @@ function prepareRun(o: XenBenchOptions, kernelRelease: string, modulesDir: strin
       `XB_WARM=${o.warmupSeconds}`,
       `XB_LIMIT=${limit}`,
       `XB_PROFILE=${o.profileDir === undefined ? 0 : (o.profiler ?? 'perf')}`,
+      `XB_SERVE_ARGS='${(o.serveArgs ?? []).join(' ')}'`,
       '',
     ].join('\n'),
   );

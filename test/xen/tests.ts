@@ -42,6 +42,14 @@ export const TESTS: readonly XenTest[] = [
     build: true,
   },
   {
+    name: 'linux-blkfront-xenblk-blkback-grant-copy',
+    summary: 'the same against xenblk serve --grant-copy: data by GNTTABOP_copy, no persistent grants, nothing of the guest mapped',
+    script: 'linux-blkfront-xenblk-blkback-grant-copy.sh',
+    timeoutSeconds: 600,
+    requires: ['cli/commands/serve.ts', 'lib/blkback/ring-service.ts', 'gnttab/linux.ts'],
+    build: true,
+  },
+  {
     name: 'xenblk-blkfront-linux-blkback',
     summary: 'xenblk attach in dom0 (gntalloc, evtchn) against Linux xen-blkback on a loop device: write, flush, discard, read back',
     script: 'xenblk-blkfront-linux-blkback.sh',

@@ -32,6 +32,7 @@ int main(void)
     P("IOCTL_GNTDEV_MAP_GRANT_REF", IOCTL_GNTDEV_MAP_GRANT_REF);
     P("IOCTL_GNTDEV_UNMAP_GRANT_REF", IOCTL_GNTDEV_UNMAP_GRANT_REF);
     P("IOCTL_GNTDEV_SET_UNMAP_NOTIFY", IOCTL_GNTDEV_SET_UNMAP_NOTIFY);
+    P("IOCTL_GNTDEV_GRANT_COPY", IOCTL_GNTDEV_GRANT_COPY);
     P("IOCTL_GNTALLOC_ALLOC_GREF", IOCTL_GNTALLOC_ALLOC_GREF);
     P("IOCTL_GNTALLOC_DEALLOC_GREF", IOCTL_GNTALLOC_DEALLOC_GREF);
     P("IOCTL_GNTALLOC_SET_UNMAP_NOTIFY", IOCTL_GNTALLOC_SET_UNMAP_NOTIFY);
@@ -53,6 +54,18 @@ int main(void)
     SZ(ioctl_gntdev_unmap_notify);
     OFF(ioctl_gntdev_unmap_notify, action);
     OFF(ioctl_gntdev_unmap_notify, event_channel_port);
+    SZ(ioctl_gntdev_grant_copy);
+    OFF(ioctl_gntdev_grant_copy, segments);
+    SZ(ioctl_gntdev_grant_copy_segment);
+    OFF(ioctl_gntdev_grant_copy_segment, dest);
+    OFF(ioctl_gntdev_grant_copy_segment, len);
+    OFF(ioctl_gntdev_grant_copy_segment, flags);
+    OFF(ioctl_gntdev_grant_copy_segment, status);
+    P("GNTCOPY_source_gref", GNTCOPY_source_gref);
+    P("GNTCOPY_dest_gref", GNTCOPY_dest_gref);
+    P("-GNTST_bad_gntref", -(GNTST_bad_gntref));
+    P("-GNTST_permission_denied", -(GNTST_permission_denied));
+    P("-GNTST_bad_copy_arg", -(GNTST_bad_copy_arg));
     SZ(ioctl_gntalloc_alloc_gref);
     OFF(ioctl_gntalloc_alloc_gref, flags);
     OFF(ioctl_gntalloc_alloc_gref, count);
@@ -95,6 +108,29 @@ int main(void)
             m->refs[i].ref = 100 + i;
         }
         hex("enc.map_grant_ref", buf, offsetof(struct ioctl_gntdev_map_grant_ref, refs) + 3 * sizeof(struct ioctl_gntdev_grant_ref));
+    }
+    {
+        /* A copy into ref 0x1234 at 512 of d7 from local 0x7f0012345600, then out of ref 9 at 0 into 0x1000. */
+        struct ioctl_gntdev_grant_copy_segment seg[2];
+        memset(seg, 0, sizeof(seg));
+        seg[0].source.virt = (void *)0x7f0012345600ULL;
+        seg[0].dest.foreign.ref = 0x1234;
+        seg[0].dest.foreign.offset = 512;
+        seg[0].dest.foreign.domid = 7;
+        seg[0].len = 3584;
+        seg[0].flags = GNTCOPY_dest_gref;
+        seg[1].source.foreign.ref = 9;
+        seg[1].source.foreign.offset = 0;
+        seg[1].source.foreign.domid = 7;
+        seg[1].dest.virt = (void *)0x1000ULL;
+        seg[1].len = 4096;
+        seg[1].flags = GNTCOPY_source_gref;
+        hex("enc.grant_copy_segments", seg, sizeof(seg));
+        struct ioctl_gntdev_grant_copy c;
+        memset(&c, 0, sizeof(c));
+        c.count = 2;
+        c.segments = (void *)0x55aa00001000ULL;
+        hex("enc.grant_copy", &c, sizeof(c));
     }
     {
         struct ioctl_gntdev_unmap_grant_ref u;

@@ -15,6 +15,7 @@
 // copy written after its unmap (it is poisoned then, and checked at the end of the batch) was
 // used after the grant was released.
 import type { GrantMapper, MappedGrants, UnmapNotify } from '../../../gnttab/gnttab.ts';
+import type { GrantCopyBatch } from '../../../gnttab/copy-batch.ts';
 import type { GrantPools } from './grant-pools.ts';
 
 /** What happened to one live mapping. */
@@ -41,6 +42,7 @@ export class AuditedMapper implements GrantMapper {
   /** Called after each unmap. */
   afterUnmap: ((refs: readonly number[]) => void) | undefined;
   maps = 0;
+  copies = 0;
   failedMaps = 0;
   unmaps = 0;
 
@@ -150,6 +152,44 @@ export class AuditedMapper implements GrantMapper {
       }
     }
     this.retired = [];
+  }
+
+  /**
+   * A grant copy is audited as a map is: once the platform (the hypervisor) carried it out, it
+   * must have named the frontend's domain and refs granted to us that way (writable for a copy
+   * into them) and, in a strict batch, named by a request of the batch. A refused copy touched
+   * nothing, as a refused map maps nothing.
+   */
+  copy(domid: number, batch: GrantCopyBatch, local: Uint8Array, toForeign: boolean): void {
+    const refs = this.beforeCopy(batch);
+    try {
+      this.inner.copy(domid, batch, local, toForeign);
+    } catch (e) {
+      this.failedMaps++;
+      throw e;
+    }
+    this.afterCopy(domid, refs, toForeign);
+  }
+
+  private beforeCopy(batch: GrantCopyBatch): number[] {
+    const refs: number[] = [];
+    for (let i = 0; i < batch.count; i++) refs.push(batch.refs[i]!);
+    this.beforeMap?.(refs);
+    return refs;
+  }
+
+  private afterCopy(domid: number, refs: readonly number[], toForeign: boolean): void {
+    this.copies++;
+    if (domid !== this.frontendDomid) {
+      this.violations.push(`backend copied grants of domain ${domid}, not of its frontend ${this.frontendDomid} (refs ${refs.join(',')})`);
+    }
+    for (const r of refs) {
+      if (!this.pools.grantedToBackend(r, toForeign)) {
+        this.violations.push(`backend copied ${toForeign ? 'into' : 'out of'} ref ${r}, which the frontend did not grant it that way`);
+      } else if (this.named !== undefined && !this.named.has(r)) {
+        this.violations.push(`backend copied ref ${r}, which no request of the batch named (a rewritten request read twice?)`);
+      }
+    }
   }
 
   setUnmapNotify(m: MappedGrants, notify: UnmapNotify): void {

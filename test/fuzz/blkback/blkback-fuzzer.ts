@@ -38,7 +38,7 @@ export const blkbackFuzzer: Fuzzer = {
     const findings: Finding[] = [];
     const counters: Record<string, number> = {
       sessions: 0, rings: 0, requests: 0, 'well-formed': 0, flawed: 0, chaos: 0, ok: 0, error: 0, eopnotsupp: 0,
-      halts: 0, teardowns: 0, reconnects: 0, rewrites: 0, storms: 0, maps: 0, 'failed-maps': 0, 'disk-checks': 0, 'max-heap-mb': 0,
+      halts: 0, teardowns: 0, reconnects: 0, rewrites: 0, storms: 0, maps: 0, copies: 0, 'failed-maps': 0, 'disk-checks': 0, 'max-heap-mb': 0,
     };
     for (const [, m] of MODES) counters[`mode-${m}`] = 0;
     const uncaught: string[] = [];
@@ -119,6 +119,7 @@ export const blkbackFuzzer: Fuzzer = {
         counters.rewrites! += sc.rewrites;
         counters.storms! += sc.storms;
         counters.maps! += sc.maps;
+        counters.copies! += sc.copies;
         counters['failed-maps']! += sc.failedMaps;
       }
       fullGc();

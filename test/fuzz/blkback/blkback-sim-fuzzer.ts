@@ -53,7 +53,7 @@ export const blkbackSimFuzzer: Fuzzer = {
   async run(opts: FuzzOptions): Promise<FuzzResult> {
     const started = Date.now();
     const findings: Finding[] = [];
-    const counters: Record<string, number> = { sessions: 0, rings: 0, reconnects: 0, 'disk-checks': 0, 'max-backend-rss-mb': 0 };
+    const counters: Record<string, number> = { sessions: 0, 'grant-copy-sessions': 0, rings: 0, reconnects: 0, 'disk-checks': 0, 'max-backend-rss-mb': 0 };
     for (const [, m] of MODES) counters[`mode-${m}`] = 0;
     const base = fs.existsSync('/dev/shm') ? '/dev/shm' : os.tmpdir();
     const dir = fs.mkdtempSync(path.join(base, 'xenblk-fuzz-bb-'));
@@ -75,6 +75,8 @@ export const blkbackSimFuzzer: Fuzzer = {
           '--max-ring-page-order', String(rng.pick([0, 0, 1, 2, 4])),
           ...(rng.chance(0.15) ? ['--sector-size', '4096'] : []),
           ...(rng.chance(0.1) ? ['--readonly'] : []),
+          // Every other session moves data by grant copy: a short run has only a few sessions.
+          ...(si % 2 === 1 ? ['--grant-copy'] : []),
         ];
         const noise = Buffer.from(rng.bytes(64 * 1024));
         const image = path.join(imgDir, `disk-${si}.img`);
@@ -86,7 +88,7 @@ export const blkbackSimFuzzer: Fuzzer = {
         const pools = new GrantPools(host.sharer, 0, OTHER, { rw: 64, src: 16, ro: 16, ind: 16, decoy: 4 });
         const fe = `/local/domain/${GUEST}/device/vbd/51728`;
         const be = `/local/domain/0/backend/vbd/${GUEST}/51728`;
-        const front = new RemoteFrontend(host, pools, fe, be, image, rng.chance(0.25) ? 'x86_32' : 'x86_64', rng.pick([0, 1, 2]), noise);
+        const front = new RemoteFrontend(host, pools, fe, be, image, rng.chance(0.25) ? 'x86_32' : 'x86_64', rng.pick([0, 1, 2]), noise, flags.includes('--grant-copy'));
         let bad = false;
         try {
           const deadline = Date.now() + 60_000;
@@ -96,6 +98,7 @@ export const blkbackSimFuzzer: Fuzzer = {
           }
           await front.connect();
           counters.sessions!++;
+          if (flags.includes('--grant-copy')) counters['grant-copy-sessions']!++;
           const length = 40 + rng.int(200);
           for (let bi = 0; bi < length && budgetLeft(opts, started, counters.rings!); bi++) {
             const brng = new Rng(deriveSeed(seed, bi + 1));

@@ -34,6 +34,8 @@ export interface SessionConfig {
   readonly abi: BlkifAbi;
   readonly ringPageOrder: number;
   readonly persistent: boolean;
+  /** Data by grant copy (persistent grants then unused). */
+  readonly grantCopy: boolean;
   /** feature-max-indirect-segments the backend advertised (0: none). */
   readonly maxIndirect: number;
   readonly sectorSize: 512 | 4096;

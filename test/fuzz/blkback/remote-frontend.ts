@@ -64,6 +64,8 @@ export class RemoteFrontend {
     private readonly abi: 'x86_64' | 'x86_32',
     private readonly order: number,
     private readonly noise: Buffer,
+    /** The backend serves by grant copy (it was started so; a frontend cannot see it). */
+    private readonly backendCopies = false,
   ) {
     this.L = entryLayout(abi);
     this.slices = new SliceAllocator(pools.rw);
@@ -126,6 +128,8 @@ export class RemoteFrontend {
       flush: (await key('feature-flush-cache')) === '1',
       discard, discardSecure: discard && (await key('discard-secure')) === '1',
       maxInFlight: undefined,
+      // Whether the backend maps or copies is not visible to a frontend: its creator says.
+      grantCopy: this.backendCopies,
     };
     await xs.write(`${fe}/state`, String(XenbusState.Connected));
   }
@@ -280,7 +284,12 @@ export class RemoteFrontend {
       for (const [i, sl] of p.slices.entries()) {
         const a = sl.first * 512;
         const len = (sl.last - sl.first + 1) * 512;
-        if (o.status === BLKIF_RSP_OKAY ? model.compare(sl.page.buf, a, a + len, pos, pos + len) !== 0 : !sl.page.buf.subarray(a, a + len).every((b) => b === this.sentinel)) {
+        const holdsData = model.compare(sl.page.buf, a, a + len, pos, pos + len) === 0;
+        // A grant-copy backend copies a read's data into the guest piece by piece after the
+        // read, so a read refused at a later segment (a read-only grant) has filled the earlier
+        // ones with the disk's data already; nothing else may be there.
+        const untouched = sl.page.buf.subarray(a, a + len).every((b) => b === this.sentinel) || (this.backendCopies && holdsData);
+        if (o.status === BLKIF_RSP_OKAY ? !holdsData : !untouched) {
           problems.push(`${p.label}: seg ${i} (ref ${sl.page.ref}) ${o.status === BLKIF_RSP_OKAY ? 'does not hold the disk\'s data after an OKAY read' : 'was written by a refused read'}`);
           break;
         }

@@ -100,7 +100,7 @@ if [ "${XB_PROFILE:-0}" = v8 ]; then
 	export XENBLK_PROFILE_OUT=$XENBLK_RUN/prof/xen-serve.cpuprofile
 fi
 # shellcheck disable=SC2086
-"$XENBLK_NODE" $nodeopts dist/xenblk.mjs serve "$img" --domid "$domid" --vdev xvdb --xen --kind xenblk >"$slog" 2>&1 &
+"$XENBLK_NODE" $nodeopts dist/xenblk.mjs serve "$img" --domid "$domid" --vdev xvdb --xen --kind xenblk ${XB_SERVE_ARGS:-} >"$slog" 2>&1 &
 serve=$!
 note "xenblk serve started (pid $serve) for domain $domid"
 

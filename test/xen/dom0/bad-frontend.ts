@@ -46,6 +46,9 @@ const SESSIONS: readonly Session[] = [
   { serve: [], abi: 'x86_64', order: 2 },
   { serve: ['--no-persistent', '--max-indirect-segments', '256'], abi: 'x86_32', order: 0 },
   { serve: ['--max-ring-page-order', '4', '--sector-size', '4096'], abi: 'x86_64', order: 4 },
+  // Grant copy: every segment goes through GNTTABOP_copy, so Xen itself refuses the revoked,
+  // foreign and read-only grants the batches carry.
+  { serve: ['--grant-copy'], abi: 'x86_64', order: 1 },
 ];
 
 function fail(msg: string): never {
@@ -94,7 +97,7 @@ async function session(host: Host, i: number, s: Session, totals: Record<string,
     return (await host.xenstore.tryRead(`${FE}/backend`).catch(() => undefined)) !== undefined;
   });
   const pools = new GrantPools(host.sharer, 0, OTHER, { rw: 64, src: 16, ro: 16, ind: 16, decoy: 4 });
-  const front = new RemoteFrontend(host, pools, FE, BE, image, s.abi, s.order, noise);
+  const front = new RemoteFrontend(host, pools, FE, BE, image, s.abi, s.order, noise, s.serve.includes('--grant-copy'));
   try {
     await front.connect();
     ok(`${label}: connected, ${JSON.stringify(front.cfg)}`);

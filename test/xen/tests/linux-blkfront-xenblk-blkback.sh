@@ -6,12 +6,22 @@
 # must be negotiated and used. Checks: the disk's size, the domU's data in the backing file (and dom0's data in the
 # domU), the features Linux reports, the ring order it chose, requests too large to be direct,
 # a clean hot-unplug on SIGTERM (both ends Closed, directories gone), then xl destroy.
+# With XB_GRANT_COPY=1 (linux-blkfront-xenblk-blkback-grant-copy.sh) serve runs with
+# --grant-copy: every byte goes through GNTTABOP_copy, no persistent grants are offered, and
+# Linux blkfront must then run without them (granting its request pages directly).
 . "$XENBLK_REPO/test/xen/dom0/lib.sh"
 
+copy=${XB_GRANT_COPY:-0}
 DOMU=xb-xenback
 MIB=64
 img=$XENBLK_WORK/disk.img
 slog=$XENBLK_RUN/logs/linux-blkfront-xenblk-blkback.serve.log
+serveopts=
+if [ "$copy" = 1 ]; then
+	DOMU=xb-xenback-copy
+	slog=$XENBLK_RUN/logs/linux-blkfront-xenblk-blkback-grant-copy.serve.log
+	serveopts=--grant-copy
+fi
 serve=
 cleanup() {
 	[ -n "$serve" ] && kill -9 "$serve" 2>/dev/null
@@ -28,7 +38,8 @@ read_md5=$(md5 "$img" 0 8)
 DOMU_MEMORY=512 domu_start $DOMU pattern "" blkfront=max_ring_page_order=4,max_indirect_segments=64 wait=240 \
 	sectors=$((MIB * 2048)) read_md5="$read_md5" write_at=16 small_at=8192
 domid=$(xl domid $DOMU) || fail "no domid for $DOMU"
-"$XENBLK_NODE" dist/xenblk.mjs serve "$img" --domid "$domid" --vdev xvda --xen >"$slog" 2>&1 &
+# shellcheck disable=SC2086
+"$XENBLK_NODE" dist/xenblk.mjs serve "$img" --domid "$domid" --vdev xvda --xen $serveopts >"$slog" 2>&1 &
 serve=$!
 note "xenblk serve started (pid $serve) for domain $domid"
 
@@ -52,7 +63,16 @@ features=$(domu_console $DOMU | grep -o "flush diskcache.*" | tail -n 1)
 note "Linux blkfront against xenblk blkback: $features"
 note "1 MiB direct writes went out as: $(domu_value $DOMU big-writes); queue max_segments $(domu_value $DOMU queue-max_segments)"
 case $features in *"indirect descriptors: enabled"*) ;; *) fail "Linux blkfront did not enable indirect descriptors" ;; esac
-case $features in *"persistent grants: enabled"*) ;; *) fail "Linux blkfront did not enable persistent grants" ;; esac
+if [ "$copy" = 1 ]; then
+	case $features in *"persistent grants: disabled"*) ;; *) fail "Linux blkfront enabled persistent grants, which a grant-copy backend does not offer" ;; esac
+	grep -q 'grant copy' "$slog" || { cat "$slog"; fail "serve did not report serving by grant copy"; }
+	# Nothing of the guest stays mapped in serve: only the ring pages (one gntdev mapping).
+	maps=$(grep -c '/dev/xen/gntdev' "/proc/$serve/maps")
+	[ "$maps" -le 1 ] || fail "serve holds $maps gntdev mappings in grant copy mode (expected the ring's only)"
+	note "serve holds $maps gntdev mapping(s) after the workload (the ring)"
+else
+	case $features in *"persistent grants: enabled"*) ;; *) fail "Linux blkfront did not enable persistent grants" ;; esac
+fi
 case $features in *"flush diskcache: enabled"*) ;; *) fail "Linux blkfront did not enable flush" ;; esac
 set -- $(domu_value $DOMU big-writes)
 [ "$1" -gt 0 ] && [ $(($3 / $1)) -gt 88 ] || fail "the 1 MiB writes averaged $(($3 / $1)) sectors a request: no request needed indirect segments"

@@ -9,7 +9,7 @@
 import { PAGE_SIZE } from './gnttab.ts';
 import { GnttabError } from './error.ts';
 
-/** Pieces one batch may hold (Linux blkif: 256 indirect segments, and room for 8 indirect pages). */
+/** Pieces one batch may hold: a whole blkif request of the most indirect segments we serve (BLKIF_MAX_INDIRECT_SEGMENTS, 4096). */
 export const GRANT_COPY_MAX = 4096;
 
 /** A reusable list of (grant ref, offset in its page, length, offset in the local buffer). */

@@ -142,6 +142,8 @@ export interface VbdInfo {
   readonly ringPageOrder: number;
   readonly abi: BlkifAbi | undefined;
   readonly persistent: boolean;
+  /** Data is moved by grant copy, not through mappings of the guest's pages (limit grantCopy). */
+  readonly grantCopy: boolean;
 }
 
 interface Ring {
@@ -212,6 +214,7 @@ export class VbdBackend {
       ringPageOrder: this.ringPageOrder,
       abi: this.abi,
       persistent: this.persistentInUse,
+      grantCopy: this.o.limits.grantCopy,
     };
   }
 

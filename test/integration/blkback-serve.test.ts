@@ -55,6 +55,8 @@ interface FrontConfig {
   indirect: number;
   /** Write no `protocol` key (the backend must assume x86_32). */
   noProtocol?: boolean;
+  /** Options for `xenblk serve` (the backend's side of the case). */
+  serveArgs?: string[];
 }
 
 interface Queue {
@@ -595,6 +597,8 @@ const MATRIX: FrontConfig[] = [
   { abi: 'x86_64', order: 0, queues: 1, persistent: false, indirect: 0 },
   { abi: 'x86_32', order: 4, queues: 4, persistent: true, indirect: 64 },
   { abi: 'x86_32', order: 0, queues: 4, persistent: false, indirect: 256, noProtocol: true },
+  // Grant copy: the frontend offers persistent grants, the backend does not take them.
+  { abi: 'x86_64', order: 2, queues: 2, persistent: true, indirect: 64, serveArgs: ['--grant-copy'] },
 ];
 
 if (process.env.XENBLK_BLKBACK_IT_FRONT !== undefined) {
@@ -603,12 +607,14 @@ if (process.env.XENBLK_BLKBACK_IT_FRONT !== undefined) {
   before(startShared);
   after(stopShared);
   for (const cfg of MATRIX) {
-    const name = `${cfg.abi}${cfg.noProtocol ? ' (no protocol key)' : ''}, ring order ${cfg.order}, ${cfg.queues} queue(s), persistent ${cfg.persistent ? 'on' : 'off'}, indirect ${cfg.indirect || 'off'}`;
+    const name = `${cfg.abi}${cfg.noProtocol ? ' (no protocol key)' : ''}, ring order ${cfg.order}, ${cfg.queues} queue(s), persistent ${cfg.persistent ? 'on' : 'off'}, indirect ${cfg.indirect || 'off'}${cfg.serveArgs ? `, serve ${cfg.serveArgs.join(' ')}` : ''}`;
     test(`serve: ${name}: data lands in the file and reads back, flush, discard, clean hot-unplug`, { timeout: 120_000 }, async (t) => {
       const s = await setup(t);
-      const serve = s.serve();
+      const serve = s.serve(cfg.serveArgs);
       const g = s.guest();
       const { keys } = await g.send('connect', { cfg }) as { keys: Record<string, string> };
+      const copies = cfg.serveArgs?.includes('--grant-copy') === true;
+      assert.equal(keys['feature-persistent'], copies ? '0' : '1', 'a grant-copy backend offers no persistent grants');
       assert.equal(keys.sectors, String(16384));
       assert.equal(keys['hotplug-status'], 'connected');
       assert.equal(keys['feature-flush-cache'], '1');
@@ -640,9 +646,12 @@ if (process.env.XENBLK_BLKBACK_IT_FRONT !== undefined) {
       // Statistics through `xenblk stats --json`.
       const stats = xenblk(['stats', '--json', '--run-dir', s.runDir]);
       assert.equal(stats.code, 0, stats.stderr);
-      const rep = JSON.parse(stats.stdout) as { disks: { stats: { wr_req: number; rd_req: number; ds_req: number; f_req: number; errors: number } }[] }[];
+      const rep = JSON.parse(stats.stdout) as { disks: { grantCopy: boolean; persistent: boolean; stats: { wr_req: number; rd_req: number; ds_req: number; f_req: number; errors: number; persistent_grants: number } }[] }[];
       assert.equal(rep.length, 1);
       const st = rep[0]!.disks[0]!.stats;
+      assert.equal(rep[0]!.disks[0]!.grantCopy, copies);
+      assert.equal(rep[0]!.disks[0]!.persistent, cfg.persistent && !copies);
+      if (copies) assert.equal(st.persistent_grants, 0, 'nothing of the guest stays mapped');
       assert.ok(st.wr_req >= 5 && st.rd_req >= 5 && st.ds_req === 1 && st.f_req === 1 && st.errors >= 1, JSON.stringify(st));
       const human = xenblk(['stats', '--run-dir', s.runDir]);
       assert.equal(human.code, 0, human.stderr);

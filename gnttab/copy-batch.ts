@@ -19,8 +19,6 @@ export class GrantCopyBatch {
   readonly offsets: Uint16Array;
   readonly lengths: Uint16Array;
   readonly localOffsets: Float64Array;
-  /** Scratch the platform encodes the batch into for the hypervisor call (Linux: the gntdev argument and segment array). */
-  native: Buffer | undefined;
 
   /** `new GrantCopyBatch(capacity)` holds up to `capacity` pieces. */
   constructor(readonly capacity: number) {
@@ -31,7 +29,6 @@ export class GrantCopyBatch {
     this.offsets = new Uint16Array(capacity);
     this.lengths = new Uint16Array(capacity);
     this.localOffsets = new Float64Array(capacity);
-    this.native = undefined;
   }
 
   /** `add(ref, offset, length, localOffset)` appends a piece; a piece crossing its page's end is refused, as Xen refuses it. */

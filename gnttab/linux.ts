@@ -136,25 +136,15 @@ class LinuxMappedGrants implements MappedGrants {
   ) {}
 }
 
-/** Where a batch's scratch holds its segments (after the ioctl argument). */
-const SEGMENTS_AT = GNTDEV_SIZES.grant_copy_segment;
-
-/** Throws GnttabError for the first segment of `batch` the hypervisor refused (the ioctl itself succeeds when every segment was tried). */
-function checkCopyStatus(domid: number, batch: GrantCopyBatch, toForeign: boolean): void {
-  const nat = batch.native!;
-  const segs = new DataView(nat.buffer, nat.byteOffset + SEGMENTS_AT, batch.count * GNTDEV_SIZES.grant_copy_segment);
-  for (let i = 0; i < batch.count; i++) {
-    const st = grantCopyStatus(segs, i);
-    if (st !== 0) {
-      throw new GnttabError(gntstErrno(st), 'copy', domid, batch.refs[i], `${GNTST_NAMES[st] ?? `status ${st}`} copying ${toForeign ? 'into' : 'out of'} the grant`);
-    }
-  }
-}
-
 /** Mapping through /dev/xen/gntdev (a backend in dom0 or a driver domain). */
 export class LinuxGrantMapper implements GrantMapper {
   private fd = -1;
   private readonly live = new Set<LinuxMappedGrants>();
+  /** The grant copy ioctl's argument and segment array, reused by every copy (copies are synchronous). */
+  private readonly copyArg = Buffer.alloc(GNTDEV_SIZES.grant_copy);
+  private readonly copyArgView = new DataView(this.copyArg.buffer, this.copyArg.byteOffset, this.copyArg.byteLength);
+  private copySegs = Buffer.alloc(0);
+  private copySegsView = new DataView(new ArrayBuffer(0));
 
   /** `new LinuxGrantMapper(device)` opens `device` on first use. */
   constructor(private readonly device = '/dev/xen/gntdev') {}
@@ -197,40 +187,37 @@ export class LinuxGrantMapper implements GrantMapper {
   }
 
   copy(domid: number, batch: GrantCopyBatch, local: Uint8Array, toForeign: boolean): void {
-    const arg = this.encodeCopy(domid, batch, local, toForeign);
-    try {
-      ioctl(this.fd, IOCTL_GNTDEV_GRANT_COPY, arg, 'IOCTL_GNTDEV_GRANT_COPY');
-    } catch (e) {
-      throw asGnttab(e, 'copy', domid, batch.refs[0]);
-    }
-    checkCopyStatus(domid, batch, toForeign);
-  }
-
-  /** Encodes `batch` into its scratch (argument first, then the segments): the ioctl's argument. */
-  private encodeCopy(domid: number, batch: GrantCopyBatch, local: Uint8Array, toForeign: boolean): Uint8Array {
     if (!isDomid(domid)) throw new GnttabError('EINVAL', 'copy', Number(domid), undefined, 'not a domid');
     checkCopy(domid, batch, local);
-    this.open();
+    const fd = this.open();
     const n = batch.count;
     const SEG = GNTDEV_SIZES.grant_copy_segment;
-    // The 16-byte argument first, the segments after it at 24: a segment's size, so the scratch
-    // is the argument plus `capacity` segments rounded up, and each segment stays 8-aligned.
-    const ARG = SEGMENTS_AT;
-    if (batch.native === undefined || batch.native.byteLength < ARG + batch.capacity * SEG) {
-      // Off-heap (Buffer.alloc of this size): the address stays put for the kernel.
-      batch.native = Buffer.alloc(ARG + batch.capacity * SEG);
+    if (this.copySegs.byteLength < n * SEG) {
+      // Grown to the largest batch seen; off-heap (Buffer.alloc of this size), so the address
+      // handed to the kernel stays put.
+      this.copySegs = Buffer.alloc(Math.max(n, 64) * SEG);
+      this.copySegsView = new DataView(this.copySegs.buffer, this.copySegs.byteOffset, this.copySegs.byteLength);
     }
-    const nat = batch.native;
-    const v = new DataView(nat.buffer, nat.byteOffset, nat.byteLength);
-    const segs = new DataView(nat.buffer, nat.byteOffset + ARG, n * SEG);
+    const v = this.copySegsView;
     const base = bytesAddress(local);
     // gntdev.c gntdev_grant_copy_seg: the local side may cross pages (the kernel splits it); the
     // grant side may not (GNTST_bad_copy_arg), which GrantCopyBatch.add already refused.
     for (let i = 0; i < n; i++) {
-      encodeGrantCopySegment(segs, i, base + batch.localOffsets[i]!, domid, batch.refs[i]!, batch.offsets[i]!, batch.lengths[i]!, toForeign);
+      encodeGrantCopySegment(v, i, base + batch.localOffsets[i]!, domid, batch.refs[i]!, batch.offsets[i]!, batch.lengths[i]!, toForeign);
     }
-    encodeGrantCopy(v, bytesAddress(nat) + ARG, n);
-    return nat.subarray(0, GNTDEV_SIZES.grant_copy);
+    encodeGrantCopy(this.copyArgView, bytesAddress(this.copySegs), n);
+    try {
+      ioctl(fd, IOCTL_GNTDEV_GRANT_COPY, this.copyArg, 'IOCTL_GNTDEV_GRANT_COPY');
+    } catch (e) {
+      throw asGnttab(e, 'copy', domid, batch.refs[0]);
+    }
+    // The ioctl succeeds when every segment was tried; each says how it went.
+    for (let i = 0; i < n; i++) {
+      const st = grantCopyStatus(v, i);
+      if (st !== 0) {
+        throw new GnttabError(gntstErrno(st), 'copy', domid, batch.refs[i], `${GNTST_NAMES[st] ?? `status ${st}`} copying ${toForeign ? 'into' : 'out of'} the grant`);
+      }
+    }
   }
 
   setUnmapNotify(m: MappedGrants, notify: UnmapNotify): void {

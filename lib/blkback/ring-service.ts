@@ -512,11 +512,11 @@ export class RingService {
   }
 
   private rwDone(s: Slot): void {
-    if (s.req.dataOp === BLKIF_OP_READ && s.copies !== undefined && s.copies.count > 0) {
+    if (s.req.dataOp === BLKIF_OP_READ && this.grantCopy) {
       // Grant copy: the data goes to the guest's pages before the response says it is there.
       // On this thread: from koffi's worker threads (`.async`) it made serve slower on real Xen
       // (BENCHMARKS.md, session 11).
-      if (!this.copyGrants(s.copies, s.bounce!, true)) {
+      if (!this.copyGrants(s.copies!, s.bounce!, true)) {
         this.complete(s, BLKIF_RSP_ERROR);
         return;
       }
@@ -561,8 +561,6 @@ export class RingService {
   private prepareRw(s: Slot): number {
     const req = s.req;
     const op = req.dataOp;
-    // Grant copy: nothing of an earlier request's copies may be replayed for this one.
-    s.copies?.clear();
     if (op !== BLKIF_OP_READ && this.vbd.readonly) return BLKIF_RSP_ERROR;
     if (req.operation === BLKIF_OP_INDIRECT) {
       const st = this.readIndirectSegments(s);
@@ -686,11 +684,8 @@ export class RingService {
       s.segLen[i] = len;
       pos += len;
     }
-    if (req.dataOp === BLKIF_OP_READ) return true;
-    const ok = this.copyGrants(b, buf, false);
-    // Nothing to copy back for a write: an empty batch tells rwDone so.
-    b.clear();
-    return ok;
+    // A read's copies run after the read (rwDone); a write's run now.
+    return req.dataOp === BLKIF_OP_READ || this.copyGrants(b, buf, false);
   }
 
   /** One grant copy call; false when the hypervisor refused a piece (the request fails). */

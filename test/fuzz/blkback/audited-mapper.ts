@@ -161,24 +161,15 @@ export class AuditedMapper implements GrantMapper {
    * nothing, as a refused map maps nothing.
    */
   copy(domid: number, batch: GrantCopyBatch, local: Uint8Array, toForeign: boolean): void {
-    const refs = this.beforeCopy(batch);
+    const refs: number[] = [];
+    for (let i = 0; i < batch.count; i++) refs.push(batch.refs[i]!);
+    this.beforeMap?.(refs);
     try {
       this.inner.copy(domid, batch, local, toForeign);
     } catch (e) {
       this.failedMaps++;
       throw e;
     }
-    this.afterCopy(domid, refs, toForeign);
-  }
-
-  private beforeCopy(batch: GrantCopyBatch): number[] {
-    const refs: number[] = [];
-    for (let i = 0; i < batch.count; i++) refs.push(batch.refs[i]!);
-    this.beforeMap?.(refs);
-    return refs;
-  }
-
-  private afterCopy(domid: number, refs: readonly number[], toForeign: boolean): void {
     this.copies++;
     if (domid !== this.frontendDomid) {
       this.violations.push(`backend copied grants of domain ${domid}, not of its frontend ${this.frontendDomid} (refs ${refs.join(',')})`);

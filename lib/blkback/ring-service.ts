@@ -634,22 +634,20 @@ export class RingService {
       const gref = req.indirectGrefs[k]!;
       const g = cache.acquire(gref);
       if (g !== undefined) {
-        const b = g.mapping.buffer;
-        scratch.set(left >= PAGE_SIZE ? b : b.subarray(0, left), k * PAGE_SIZE);
+        const b = g.buffer;
+        scratch.set(b.subarray(g.offset, g.offset + Math.min(left, PAGE_SIZE)), k * PAGE_SIZE);
         cache.release(g);
         continue;
       }
       // Read-only would do for the descriptors, but the grant may be a data page of a read
       // next: mapped writable when the frontend allows, as Linux maps persistent grants.
-      const m = this.mapOne(gref, false);
+      const m = this.mapRun([gref], false);
       if (m === undefined) {
         ok = false;
         break;
       }
       scratch.set(left >= PAGE_SIZE ? m.buffer : m.buffer.subarray(0, left), k * PAGE_SIZE);
-      const inserted = cache.insert(gref, m);
-      if (inserted !== undefined) cache.release(inserted);
-      else {
+      if (cache.insert([gref], m) === undefined) {
         try { this.mapper.unmap(m); } catch { /* gone with the peer */ }
       }
     }
@@ -746,66 +744,97 @@ export class RingService {
       return true;
     }
     const cache = this.cache;
+    let misses = 0;
     for (let i = 0; i < n; i++) {
       const gref = req.segGref[i]!;
-      let buf: Buffer | undefined;
       let g = cache.acquire(gref);
-      if (g !== undefined && writable && !g.mapping.writable) {
+      if (g !== undefined && writable && !g.writable) {
         // Cached read-only (the frontend granted it so for a write); a read needs it writable.
         cache.release(g);
-        cache.drop(gref);
+        cache.forget(gref);
         g = undefined;
       }
-      if (g !== undefined) {
-        buf = g.mapping.buffer;
-      } else {
-        const m = this.mapOne(gref, writable);
-        if (m === undefined) {
-          s.npg = i;
-          this.releaseGrants(s);
-          return false;
-        }
-        g = cache.insert(gref, m);
-        if (g === undefined) s.oneOff.push(m);
-        buf = m.buffer;
-      }
       s.pgrants[i] = g;
-      s.segBuf[i] = buf;
-      s.segOff[i] = req.segFirst[i]! * BLKIF_SECTOR_SIZE;
       s.segLen[i] = (req.segLast[i]! - req.segFirst[i]! + 1) * BLKIF_SECTOR_SIZE;
+      if (g === undefined) {
+        misses++;
+        continue;
+      }
+      s.segBuf[i] = g.buffer;
+      s.segOff[i] = g.offset + req.segFirst[i]! * BLKIF_SECTOR_SIZE;
     }
     // A count rather than pgrants.length = n: setting an array's length is a call into V8's runtime.
     s.npg = n;
+    if (misses > 0 && !this.mapMisses(s, cache, writable)) {
+      this.releaseGrants(s);
+      return false;
+    }
     this.syncCacheCount();
     return true;
   }
 
   /**
-   * Maps one grant for the persistent cache: writable if the frontend allows, else read-only when
-   * that suffices. A map refused for want of mappings (ENOMEM: on Linux each persistent grant is
-   * a gntdev mapping of its own, one VMA, and a process may have vm.max_map_count of them, 65530
-   * by default, ~62 rings of Linux blkfront's 1056-grant pools) gives back idle persistent grants
-   * one at a time until it succeeds, so a backend serving many rings keeps fewer grants per ring
-   * instead of failing I/O. Any other refusal is the frontend's grant, and evicts nothing.
+   * Maps the segments of `s` that the cache did not hold as one run (each distinct grant once,
+   * in the request's order, so that a frontend reusing its buffers finds them back to back) and
+   * caches it; a run the cache cannot take serves this request only. False when it cannot be mapped.
    */
-  private mapOne(gref: number, needWrite: boolean): MappedGrants | undefined {
+  private mapMisses(s: Slot, cache: PersistentGrantCache, writable: boolean): boolean {
+    const req = s.req;
+    const n = req.nrSegments;
+    const refs: number[] = [];
+    const pageOf = new Map<number, number>();
+    for (let i = 0; i < n; i++) {
+      if (s.pgrants[i] !== undefined) continue;
+      const gref = req.segGref[i]!;
+      if (!pageOf.has(gref)) {
+        pageOf.set(gref, refs.length);
+        refs.push(gref);
+      }
+    }
+    const m = this.mapRun(refs, writable);
+    if (m === undefined) return false;
+    const grants = cache.insert(refs, m);
+    if (grants === undefined) s.oneOff.push(m);
+    for (let i = 0; i < n; i++) {
+      if (s.pgrants[i] !== undefined) continue;
+      const page = pageOf.get(req.segGref[i]!)!;
+      const g = grants?.[page];
+      if (g !== undefined) {
+        cache.use(g);
+        s.pgrants[i] = g;
+      }
+      s.segBuf[i] = m.buffer;
+      s.segOff[i] = page * PAGE_SIZE + req.segFirst[i]! * BLKIF_SECTOR_SIZE;
+    }
+    return true;
+  }
+
+  /**
+   * Maps grants for the persistent cache in one call: writable if the frontend allows, else
+   * read-only when that suffices. A map refused for want of mappings (ENOMEM: on Linux each
+   * run is a gntdev mapping of its own, one VMA, and a process may have vm.max_map_count of
+   * them, 65530 by default) gives back idle runs one at a time until it succeeds, so a backend
+   * serving many rings keeps fewer grants per ring instead of failing I/O. Any other refusal
+   * is the frontend's grant, and evicts nothing.
+   */
+  private mapRun(refs: readonly number[], needWrite: boolean): MappedGrants | undefined {
     for (;;) {
       try {
-        return this.mapWritableFirst(gref, needWrite);
+        return this.mapWritableFirst(refs, needWrite);
       } catch (e) {
         if (!isGnttabError(e, 'ENOMEM') || this.cache === undefined || !this.cache.evictIdle()) return undefined;
       }
     }
   }
 
-  /** One grant mapped writable, or read-only when that suffices and writable was refused for the grant's sake; throws the refusal. */
-  private mapWritableFirst(gref: number, needWrite: boolean): MappedGrants {
+  /** Grants mapped writable, or read-only when that suffices and writable was refused for a grant's sake; throws the refusal. */
+  private mapWritableFirst(refs: readonly number[], needWrite: boolean): MappedGrants {
     try {
-      return this.mapper.map(this.domid, [gref], true);
+      return this.mapper.map(this.domid, refs, true);
     } catch (e) {
       if (needWrite || isGnttabError(e, 'ENOMEM')) throw e;
     }
-    return this.mapper.map(this.domid, [gref], false);
+    return this.mapper.map(this.domid, refs, false);
   }
 
   /** Unmaps or releases every grant `s` holds (before its response is published). */

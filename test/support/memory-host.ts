@@ -5,15 +5,24 @@
 // use the real simulator (separate processes); this exists so the data path can be unit-tested
 // without spawning anything.
 //
-// Limitation (documented, checked): GrantMapper.map must return one contiguous buffer. When the
-// refs name consecutive frames of the grantor's RAM the buffer aliases them (zero copy, as on
-// Xen); otherwise it is a private copy written back to the grantor's pages at unmap, which is
-// only faithful for users that do not expect to see the other side's writes while mapped.
+// GrantMapper.map returns one contiguous buffer that aliases the grantor's pages, as on Xen and
+// the simulator: each domain's RAM is a shared memory file mapped once as its `ram` buffer
+// (what the sharer hands out are views of it), and a map maps the granted frames of the file
+// again, run of consecutive frames by run, into one reserved range. So a backend keeping a
+// multi-page mapping (blkback's persistent runs) and the frontend see each other's writes, and
+// unmapping detaches the buffer. The RAM file and its mapping go when the `ram` buffer is
+// collected; every grant mapping is a mapping of the file of its own.
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { randomUUID } from 'node:crypto';
 import type { GrantMapper, GrantSharer, MappedGrants, SharedPages, UnmapNotify } from '../../gnttab/gnttab.ts';
 import { PAGE_SIZE } from '../../gnttab/gnttab.ts';
 import type { EventChannel, EventChannels } from '../../evtchn/evtchn.ts';
 import type { Host } from '../../lib/host/host.ts';
 import type { Xenstore } from '../../xenstore/xenstore.ts';
+import { MAP, PROT, addressOf, isMapFailed, libc, viewAt } from '../../native/libc.ts';
+import { Mapping } from '../../native/memory.ts';
 
 /** An error from the memory platform; `code` mirrors the hypervisor's (GNTST_*, EBUSY...). */
 export class MemoryHostError extends Error {
@@ -32,6 +41,8 @@ interface GrantEntry {
 interface Domain {
   readonly domid: number;
   readonly ram: Buffer;
+  /** The shared memory file behind `ram` (open while `ram` lives). */
+  readonly ramFd: number;
   /** 1 where a frame is in use; shares take the first run of `count` free frames. */
   readonly used: Uint8Array;
   /** Where the next search starts (next-fit keeps allocation cheap for long tests). */
@@ -69,6 +80,29 @@ export interface MemoryPlatform {
   usage(domid: number): MemoryPlatformUsage;
 }
 
+const ramFiles = new FinalizationRegistry<{ fd: number; address: number; length: number }>((r) => {
+  libc.munmap(r.address, r.length);
+  fs.closeSync(r.fd);
+});
+
+/** A domain's RAM: a fresh shared memory file (unlinked at once) and a buffer over its one mapping. */
+function sharedRam(length: number): { ram: Buffer; ramFd: number } {
+  const dir = fs.existsSync('/dev/shm') ? '/dev/shm' : os.tmpdir();
+  const file = path.join(dir, `xenblk-memory-host-${process.pid}-${randomUUID()}`);
+  const fd = fs.openSync(file, fs.constants.O_RDWR | fs.constants.O_CREAT | fs.constants.O_EXCL, 0o600);
+  fs.unlinkSync(file);
+  fs.ftruncateSync(fd, length);
+  const p = libc.mmap(null, length, PROT.READ | PROT.WRITE, MAP.SHARED, fd, 0);
+  if (isMapFailed(p)) {
+    fs.closeSync(fd);
+    throw new MemoryHostError(`cannot map ${length} bytes of RAM`, 'ENOMEM');
+  }
+  const address = addressOf(p);
+  const ab = viewAt(address, length);
+  ramFiles.register(ab, { fd, address, length });
+  return { ram: Buffer.from(ab), ramFd: fd };
+}
+
 /** `createMemoryPlatform({ramPages})` is a fresh platform; each domain gets `ramPages` pages of RAM (default 8192 = 32 MiB). */
 export function createMemoryPlatform(opts: { ramPages?: number } = {}): MemoryPlatform {
   const ramPages = opts.ramPages ?? 8192;
@@ -79,7 +113,7 @@ export function createMemoryPlatform(opts: { ramPages?: number } = {}): MemoryPl
     let d = domains.get(domid);
     if (d === undefined) {
       d = {
-        domid, ram: Buffer.alloc(ramPages * PAGE_SIZE), used: new Uint8Array(ramPages), cursor: 0,
+        domid, ...sharedRam(ramPages * PAGE_SIZE), used: new Uint8Array(ramPages), cursor: 0,
         grants: new Map(), nextRef: 8, ports: new Map(), nextPort: 1,
       };
       domains.set(domid, d);
@@ -142,7 +176,7 @@ export function createMemoryPlatform(opts: { ramPages?: number } = {}): MemoryPl
     let mine = mappingsBy.get(self);
     if (mine === undefined) { mine = new Set(); mappingsBy.set(self, mine); }
     const held = mine;
-    const copies = new Map<MappedGrants, { grantor: Domain; frames: number[]; notify?: UnmapNotify }>();
+    const copies = new Map<MappedGrants, { grantor: Domain; mapping: Mapping; notify?: UnmapNotify }>();
     const api: GrantMapper = {
       map(domid, refs, writable) {
         const grantor = domain(domid);
@@ -156,24 +190,26 @@ export function createMemoryPlatform(opts: { ramPages?: number } = {}): MemoryPl
           frames.push(g.frame);
         }
         for (const ref of refs) grantor.grants.get(ref)!.pins++;
-        const consecutive = frames.every((f, i) => f === frames[0]! + i);
-        let buffer: Buffer;
-        if (consecutive) {
-          buffer = grantor.ram.subarray(frames[0]! * PAGE_SIZE, (frames[0]! + frames.length) * PAGE_SIZE);
-        } else {
-          buffer = Buffer.alloc(frames.length * PAGE_SIZE);
-          frames.forEach((f, i) => grantor.ram.copy(buffer, i * PAGE_SIZE, f * PAGE_SIZE, (f + 1) * PAGE_SIZE));
+        // A mapping of its own, run of consecutive frames by run (unmap detaches its buffer: a
+        // use after unmap throws). Writable either way, as the sharer's views of `ram` are: this
+        // platform checks grants, not page protections.
+        const mapping = Mapping.reserve(frames.length * PAGE_SIZE);
+        for (let i = 0; i < frames.length;) {
+          let n = 1;
+          while (i + n < frames.length && frames[i + n] === frames[i]! + n) n++;
+          mapping.place(i * PAGE_SIZE, grantor.ramFd, frames[i]! * PAGE_SIZE, n * PAGE_SIZE, true);
+          i += n;
         }
-        const m: MappedGrants = { domid, refs: [...refs], buffer, writable };
+        const m: MappedGrants = { domid, refs: [...refs], buffer: mapping.view(), writable };
         held.add(m);
-        copies.set(m, { grantor, frames: consecutive ? [] : frames });
+        copies.set(m, { grantor, mapping });
         return m;
       },
       unmap(m) {
         const c = copies.get(m);
         if (c === undefined) throw new MemoryHostError('unmap of a mapping this mapper does not hold', 'EINVAL');
-        if (m.writable) c.frames.forEach((f, i) => m.buffer.copy(c.grantor.ram, f * PAGE_SIZE, i * PAGE_SIZE, (i + 1) * PAGE_SIZE));
         if (c.notify?.clearByte !== undefined) m.buffer[c.notify.clearByte] = 0;
+        c.mapping.unmap();
         for (const ref of m.refs) {
           const g = c.grantor.grants.get(ref);
           if (g !== undefined) g.pins--;

@@ -6,14 +6,9 @@
 // "decoy" refs that are granted but never named by the original requests. Hooks let the fuzzer
 // act at the moment the backend maps (the window between copying a request and using it).
 //
-// Pages are mapped one ref at a time on the platform (each such mapping aliases the frontend's
-// page, as on Xen). A mapping of several refs is handed to the backend as one contiguous copy
-// and written back at unmap byte by byte where the backend changed it: two mappings of one page
-// in flight at once (different sectors of it, for two requests) then both land, as they do on
-// Xen, where the memory platform's page-granular write-back would let the second undo the
-// first. The copy is also an oracle: a read-only mapping whose copy changed was written, and a
-// copy written after its unmap (it is poisoned then, and checked at the end of the batch) was
-// used after the grant was released.
+// Mappings are the platform's own: they alias the frontend's pages, as on Xen, so a backend's
+// write into a page it may only read shows in the fuzzer's shadow copies, and an unmapped
+// mapping's buffer is detached (a use after unmap throws).
 import type { GrantMapper, MappedGrants, UnmapNotify } from '../../../gnttab/gnttab.ts';
 import type { GrantCopyBatch } from '../../../gnttab/copy-batch.ts';
 import type { GrantPools } from './grant-pools.ts';
@@ -22,13 +17,7 @@ import type { GrantPools } from './grant-pools.ts';
 interface Live {
   readonly refs: readonly number[];
   readonly writable: boolean;
-  /** Several refs: the platform's single-page mappings behind the copy, and the copy as mapped. */
-  readonly parts?: readonly MappedGrants[];
-  readonly snapshot?: Buffer;
 }
-
-/** What an unmapped copy is filled with; any other byte later means a write after unmap. */
-const POISON = 0xee;
 
 /** A GrantMapper that checks every map against the frontend's grants. */
 export class AuditedMapper implements GrantMapper {
@@ -58,36 +47,11 @@ export class AuditedMapper implements GrantMapper {
       this.violations.push(`backend mapped grants of domain ${domid}, not of its frontend ${this.frontendDomid} (refs ${refs.join(',')})`);
     }
     let m: MappedGrants;
-    let parts: MappedGrants[] | undefined;
-    let snapshot: Buffer | undefined;
-    if (refs.length === 1) {
-      try {
-        m = this.inner.map(domid, refs, writable);
-      } catch (e) {
-        this.failedMaps++;
-        throw e;
-      }
-    } else {
-      parts = [];
-      try {
-        for (const r of refs) parts.push(this.inner.map(domid, [r], writable));
-      } catch (e) {
-        for (const p of parts) this.inner.unmap(p);
-        this.failedMaps++;
-        throw e;
-      }
-      const p0 = parts[0]!.buffer;
-      const adjacent = parts.every((p, i) => p.buffer.buffer === p0.buffer && p.buffer.byteOffset === p0.byteOffset + i * 4096);
-      if (adjacent) {
-        // Consecutive frames (a multi-page ring, pages shared together): one live view, as Xen
-        // maps them; the backend and the frontend see each other's writes.
-        m = { domid, refs: [...refs], buffer: Buffer.from(p0.buffer, p0.byteOffset, refs.length * 4096), writable };
-      } else {
-        const buffer = Buffer.allocUnsafe(refs.length * 4096);
-        parts.forEach((p, i) => p.buffer.copy(buffer, i * 4096, 0, 4096));
-        snapshot = Buffer.from(buffer);
-        m = { domid, refs: [...refs], buffer, writable };
-      }
+    try {
+      m = this.inner.map(domid, refs, writable);
+    } catch (e) {
+      this.failedMaps++;
+      throw e;
     }
     this.maps++;
     for (const r of refs) {
@@ -97,7 +61,7 @@ export class AuditedMapper implements GrantMapper {
         this.violations.push(`backend mapped ref ${r}, which no request of the batch named (a rewritten request read twice?)`);
       }
     }
-    this.live.set(m, { refs: [...refs], writable, ...(parts !== undefined ? { parts, ...(snapshot !== undefined ? { snapshot } : {}) } : {}) });
+    this.live.set(m, { refs: [...refs], writable });
     return m;
   }
 
@@ -110,48 +74,8 @@ export class AuditedMapper implements GrantMapper {
     }
     this.live.delete(m);
     this.unmaps++;
-    if (l.parts === undefined) {
-      this.inner.unmap(m);
-    } else if (l.snapshot === undefined) {
-      for (const p of l.parts) this.inner.unmap(p);
-    } else {
-      const snap = l.snapshot!;
-      const buf = m.buffer;
-      for (const [i, p] of l.parts.entries()) {
-        const base = i * 4096;
-        if (buf.compare(snap, base, base + 4096, base, base + 4096) !== 0) {
-          if (!l.writable) {
-            this.violations.push(`backend wrote into its read-only mapping of ref ${l.refs[i]}`);
-          } else {
-            // Sector by sector: the backend writes whole 512-byte sectors into a read target.
-            for (let k = 0; k < 4096; k += 512) {
-              if (buf.compare(snap, base + k, base + k + 512, base + k, base + k + 512) !== 0) buf.copy(p.buffer, k, base + k, base + k + 512);
-            }
-          }
-        }
-        this.inner.unmap(p);
-      }
-      buf.fill(POISON);
-      this.retired.push({ buf, refs: l.refs });
-    }
+    this.inner.unmap(m);
     this.afterUnmap?.(m.refs);
-  }
-
-  private retired: { buf: Buffer; refs: readonly number[] }[] = [];
-
-  private poison = Buffer.alloc(0);
-
-  /** `checkRetired()` reports copies written after their unmap, and forgets them. */
-  checkRetired(): void {
-    for (const r of this.retired) {
-      if (this.poison.length < r.buf.length) this.poison = Buffer.alloc(r.buf.length, POISON);
-      if (!r.buf.equals(this.poison.subarray(0, r.buf.length))) {
-        let i = 0;
-        while (r.buf[i] === POISON) i++;
-        this.violations.push(`backend wrote into a mapping of refs ${r.refs.join(',')} after unmapping it (byte ${i})`);
-      }
-    }
-    this.retired = [];
   }
 
   /**

@@ -472,7 +472,6 @@ export class InProcessSession {
   }
 
   private mapperProblems(): string[] {
-    this.mapper.checkRetired();
     return this.mapper.violations.splice(0);
   }
 

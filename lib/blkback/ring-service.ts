@@ -32,6 +32,9 @@
 //   defaults, Linux blkback's max_persistent_grants), so a grant is an indirect page in one
 //   request and a data page in a later one: one cache maps it once, where a cache of its own
 //   for indirect pages mapped it a second time.
+// - Persistent grants not cached yet are mapped per request, all of them by one call (a run,
+//   persistent-grants.ts), where Linux maps each segment's grant on its own: the run's pages
+//   are adjacent in memory, so the next request over the same buffers is one I/O vector entry.
 // - Reads and writes consumed in one pass over the ring are plugged and issued together at its
 //   end; a run of them of one direction whose sectors follow each other goes to the backing as
 //   one vectored call (Linux: blk_start_plug/blk_finish_plug around the batch in

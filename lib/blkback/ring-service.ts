@@ -770,6 +770,7 @@ export class RingService {
     s.npg = n;
     if (misses > 0 && !this.mapMisses(s, cache, writable)) {
       this.releaseGrants(s);
+      this.syncCacheCount();
       return false;
     }
     this.syncCacheCount();

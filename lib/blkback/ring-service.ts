@@ -286,7 +286,7 @@ export class RingService {
     return this.inFlightCount;
   }
 
-  /** `persistentGrants` is how many grants this ring keeps mapped persistently. */
+  /** `persistentGrants` is how many pages this ring keeps mapped persistently (the runs' pages). */
   get persistentGrants(): number {
     return this.cache?.size ?? 0;
   }

@@ -24,7 +24,7 @@ export interface VbdStatsSnapshot {
   /** Reads and writes served by the backing call of an adjacent request (as /proc/diskstats counts merges). */
   readonly merged_req: number;
   readonly in_flight: number;
-  /** Persistent grants mapped now (all rings). */
+  /** Persistent grants mapped now (all rings; pages of the cached runs). */
   readonly persistent_grants: number;
   /** Persistent grants unmapped to make room for others (a frontend using more grants than the cache holds). */
   readonly pgrant_evictions: number;

@@ -54,7 +54,7 @@ serveWorker(
     disks: () => (backend?.disks() ?? []).map((d) => ({
       devid: d.devid, path: d.path, backing: d.backing, state: d.state, rings: d.rings, ringPageOrder: d.ringPageOrder, persistent: d.persistent,
       stats: {
-        rd_req: d.stats.rd_req, wr_req: d.stats.wr_req, merged_req: d.stats.merged_req, persistent_grants: d.stats.persistent_grants, pgrant_evictions: d.stats.pgrant_evictions,
+        rd_req: d.stats.rd_req, wr_req: d.stats.wr_req, merged_req: d.stats.merged_req, io_vectors: d.stats.io_vectors, persistent_grants: d.stats.persistent_grants, pgrant_evictions: d.stats.pgrant_evictions,
         p50_us: d.stats.p50_us, p99_us: d.stats.p99_us, events: d.stats.events, notifies: d.stats.notifies,
       },
     })),

@@ -278,7 +278,7 @@ export const stackBench: Bench = {
         const st = d.stats;
         const reqs = (st['rd_req'] ?? 0) + (st['wr_req'] ?? 0);
         const per = (n: number | undefined): string => (n !== undefined && n > 0 ? (reqs / n).toFixed(1) : '-');
-        ctx.note(`stack: blkback on ${canonicalName(d.devid)} (${d.rings} ring(s) of order ${d.ringPageOrder}): ${st['rd_req']} reads, ${st['wr_req']} writes, ${st['merged_req']} merged into a neighbour, ${st['persistent_grants']} persistent grants mapped at the end (${st['pgrant_evictions']} evicted on the way), latency p50 ${st['p50_us']} us / p99 ${st['p99_us']} us; ${st['events']} events taken (${per(st['events'])} requests each), ${st['notifies']} notifications sent (${per(st['notifies'])} requests each)`);
+        ctx.note(`stack: blkback on ${canonicalName(d.devid)} (${d.rings} ring(s) of order ${d.ringPageOrder}): ${st['rd_req']} reads, ${st['wr_req']} writes, ${st['merged_req']} merged into a neighbour, ${(reqs > 0 ? (st['io_vectors'] ?? 0) / reqs : 0).toFixed(2)} I/O vector entries per read or write, ${st['persistent_grants']} persistent grants mapped at the end (${st['pgrant_evictions']} evicted on the way), latency p50 ${st['p50_us']} us / p99 ${st['p99_us']} us; ${st['events']} events taken (${per(st['events'])} requests each), ${st['notifies']} notifications sent (${per(st['notifies'])} requests each)`);
       }
       if (profileDir !== undefined) {
         await front.profileStop(path.join(profileDir, 'stack-front.cpuprofile'));

@@ -50,7 +50,7 @@ export async function run(argv: string[]): Promise<number> {
     return [
       String(r.pid), String(d.frontendDomid), vdevName(d.devid), d.state,
       String(s.rd_req), String(s.wr_req), String(s.f_req), String(s.ds_req), String(s.oo_req),
-      String(s.rd_sect), String(s.wr_sect), String(s.merged_req), String(s.errors), String(s.in_flight),
+      String(s.rd_sect), String(s.wr_sect), String(s.merged_req), String(s.io_vectors), String(s.errors), String(s.in_flight),
       String(s.p50_us), String(s.p99_us), String(s.persistent_grants), String(s.events), String(s.notifies),
     ];
   }));
@@ -59,7 +59,7 @@ export async function run(argv: string[]): Promise<number> {
     return 0;
   }
   process.stdout.write(table(
-    ['PID', 'DOMID', 'VDEV', 'STATE', 'RD_REQ', 'WR_REQ', 'F_REQ', 'DS_REQ', 'OO_REQ', 'RD_SECT', 'WR_SECT', 'MERGED', 'ERRORS', 'INFLIGHT', 'P50_US', 'P99_US', 'PGRANTS', 'EVENTS', 'NOTIFIES'],
+    ['PID', 'DOMID', 'VDEV', 'STATE', 'RD_REQ', 'WR_REQ', 'F_REQ', 'DS_REQ', 'OO_REQ', 'RD_SECT', 'WR_SECT', 'MERGED', 'IOVECS', 'ERRORS', 'INFLIGHT', 'P50_US', 'P99_US', 'PGRANTS', 'EVENTS', 'NOTIFIES'],
     rows,
   ));
   return 0;

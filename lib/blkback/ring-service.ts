@@ -496,6 +496,7 @@ export class RingService {
     }
     const offset = run[0]!.req.sectorNumber * BLKIF_SECTOR_SIZE;
     this.stats.merged += run.length - 1;
+    this.stats.ioVectors += n;
     (run[0]!.req.dataOp === BLKIF_OP_READ ? this.backing.read(offset, iov) : this.backing.write(offset, iov)).then(
       () => {
         for (const s of run) this.rwDone(s);
@@ -510,7 +511,9 @@ export class RingService {
   /** Issues one plain read or write (not merged); its slot's callbacks complete it. */
   private startRw(s: Slot): void {
     const offset = s.req.sectorNumber * BLKIF_SECTOR_SIZE;
-    const p = s.req.dataOp === BLKIF_OP_READ ? this.backing.read(offset, this.iovec(s)) : this.backing.write(offset, this.iovec(s));
+    const iov = this.iovec(s);
+    this.stats.ioVectors += iov.length;
+    const p = s.req.dataOp === BLKIF_OP_READ ? this.backing.read(offset, iov) : this.backing.write(offset, iov);
     p.then(s.rwDone, s.rwFailed);
   }
 
@@ -900,7 +903,9 @@ export class RingService {
     try {
       if (this.vbd.flush) await this.backing.flush();
       if (req.nrSegments > 0) {
-        await this.backing.write(req.sectorNumber * BLKIF_SECTOR_SIZE, this.iovec(s));
+        const iov = this.iovec(s);
+        this.stats.ioVectors += iov.length;
+        await this.backing.write(req.sectorNumber * BLKIF_SECTOR_SIZE, iov);
         this.stats.wrSect += s.nsect;
         if (this.vbd.flush) await this.backing.flush();
       }

@@ -23,6 +23,11 @@ export interface VbdStatsSnapshot {
   readonly errors: number;
   /** Reads and writes served by the backing call of an adjacent request (as /proc/diskstats counts merges). */
   readonly merged_req: number;
+  /**
+   * I/O vector entries the reads and writes handed to the backing (pieces adjacent in memory are
+   * one: a request over one persistent run is one); per request, how scattered the data was.
+   */
+  readonly io_vectors: number;
   readonly in_flight: number;
   /** Persistent grants mapped now (all rings; pages of the cached runs). */
   readonly persistent_grants: number;
@@ -53,6 +58,7 @@ export class VbdStats {
   wrSect = 0;
   errors = 0;
   merged = 0;
+  ioVectors = 0;
   inFlight = 0;
   persistentGrants = 0;
   pgrantEvictions = 0;
@@ -81,6 +87,7 @@ export class VbdStats {
       wr_sect: this.wrSect,
       errors: this.errors,
       merged_req: this.merged,
+      io_vectors: this.ioVectors,
       in_flight: this.inFlight,
       persistent_grants: this.persistentGrants,
       pgrant_evictions: this.pgrantEvictions,

@@ -601,6 +601,7 @@ test('persistent grants: a request\'s new grants are mapped as one run; the same
   const pages = Array.from({ length: 8 }, (_, i) => p.page(i + 1));
   assert.equal((await p.submit({ operation: BLKIF_OP_WRITE, sectorNumber: 0, segs: fullSegs(pages) })).status, BLKIF_RSP_OKAY);
   assert.deepEqual(calls.pop(), [8 * 4096], 'mapped as one run: one buffer');
+  assert.equal(p.stats.ioVectors, 1, 'counted as one I/O vector entry');
   assert.equal(p.svc.persistentGrants, 8);
   assert.equal(p.plat.usage(BE).mappings, 1 + 1, 'one run and the ring');
   for (const pg of pages) pg.buffer.fill(0);
@@ -617,6 +618,8 @@ test('persistent grants: a request\'s new grants are mapped as one run; the same
   const reversed = [...pages].reverse();
   assert.equal((await p.submit({ operation: BLKIF_OP_READ, sectorNumber: 0, segs: fullSegs(reversed) })).status, BLKIF_RSP_OKAY);
   assert.deepEqual(calls.pop(), new Array(8).fill(4096));
+  assert.equal(p.stats.ioVectors, 1 + 1 + 1 + 8);
+  assert.equal(p.stats.snapshot().io_vectors, 11);
   reversed.forEach((pg, i) => assert.ok(pg.buffer.every((b) => b === i + 1), `reversed page ${i}`));
   // A fresh page twice in one request, next to a cached one: mapped once, in a run of its own.
   const twice = p.page(0x5a);

@@ -189,17 +189,22 @@ export function createMemoryPlatform(opts: { ramPages?: number } = {}): MemoryPl
           if (writable && g.readonly) throw new MemoryHostError(`domain ${domid} grant ${ref} is read-only`, 'GNTST_permission_denied');
           frames.push(g.frame);
         }
-        for (const ref of refs) grantor.grants.get(ref)!.pins++;
         // A mapping of its own, run of consecutive frames by run (unmap detaches its buffer: a
         // use after unmap throws). Writable either way, as the sharer's views of `ram` are: this
         // platform checks grants, not page protections.
         const mapping = Mapping.reserve(frames.length * PAGE_SIZE);
-        for (let i = 0; i < frames.length;) {
-          let n = 1;
-          while (i + n < frames.length && frames[i + n] === frames[i]! + n) n++;
-          mapping.place(i * PAGE_SIZE, grantor.ramFd, frames[i]! * PAGE_SIZE, n * PAGE_SIZE, true);
-          i += n;
+        try {
+          for (let i = 0; i < frames.length;) {
+            let n = 1;
+            while (i + n < frames.length && frames[i + n] === frames[i]! + n) n++;
+            mapping.place(i * PAGE_SIZE, grantor.ramFd, frames[i]! * PAGE_SIZE, n * PAGE_SIZE, true);
+            i += n;
+          }
+        } catch (e) {
+          mapping.unmap();
+          throw new MemoryHostError(`cannot map ${frames.length} pages of domain ${domid}: ${(e as Error).message}`, 'ENOMEM');
         }
+        for (const ref of refs) grantor.grants.get(ref)!.pins++;
         const m: MappedGrants = { domid, refs: [...refs], buffer: mapping.view(), writable };
         held.add(m);
         copies.set(m, { grantor, mapping });

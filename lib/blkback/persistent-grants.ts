@@ -51,15 +51,14 @@ export interface PersistentRun {
   at: number;
 }
 
-/** One grant kept mapped: its page is `buffer[offset, offset + 4096)`. */
+/**
+ * One grant kept mapped: its page is bytes [offset, offset + 4096) of its run's buffer
+ * (`run.mapping.buffer`: pages adjacent in the run are adjacent there, one I/O vector entry).
+ */
 export interface PersistentGrant {
   readonly gref: number;
   readonly run: PersistentRun;
-  /** The whole run's buffer: pages adjacent in the run are adjacent here (one I/O vector entry). */
-  readonly buffer: Buffer;
-  /** Byte offset of the grant's page in `buffer`. */
   readonly offset: number;
-  readonly writable: boolean;
 }
 
 /**
@@ -121,7 +120,7 @@ export class PersistentGrantCache {
     const run: PersistentRun = { mapping, grants, findable: n, users: 0, used: ++this.uses, at: this.runs.length };
     for (let i = 0; i < n; i++) {
       const gref = grefs[i]!;
-      const g: PersistentGrant = { gref, run, buffer: mapping.buffer, offset: i * PAGE_SIZE, writable: mapping.writable };
+      const g: PersistentGrant = { gref, run, offset: i * PAGE_SIZE };
       grants[i] = g;
       if (gref < DENSE_REFS) {
         if (gref >= this.dense.length) this.grow(gref);

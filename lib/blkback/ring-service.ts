@@ -496,7 +496,6 @@ export class RingService {
     }
     const offset = run[0]!.req.sectorNumber * BLKIF_SECTOR_SIZE;
     this.stats.merged += run.length - 1;
-    this.stats.ioVectors += n;
     (run[0]!.req.dataOp === BLKIF_OP_READ ? this.backing.read(offset, iov) : this.backing.write(offset, iov)).then(
       () => {
         for (const s of run) this.rwDone(s);
@@ -512,7 +511,6 @@ export class RingService {
   private startRw(s: Slot): void {
     const offset = s.req.sectorNumber * BLKIF_SECTOR_SIZE;
     const iov = this.iovec(s);
-    this.stats.ioVectors += iov.length;
     const p = s.req.dataOp === BLKIF_OP_READ ? this.backing.read(offset, iov) : this.backing.write(offset, iov);
     p.then(s.rwDone, s.rwFailed);
   }
@@ -640,7 +638,7 @@ export class RingService {
       const gref = req.indirectGrefs[k]!;
       const g = cache.acquire(gref);
       if (g !== undefined) {
-        const b = g.buffer;
+        const b = g.run.mapping.buffer;
         scratch.set(b.subarray(g.offset, g.offset + Math.min(left, PAGE_SIZE)), k * PAGE_SIZE);
         cache.release(g);
         continue;
@@ -754,7 +752,7 @@ export class RingService {
     for (let i = 0; i < n; i++) {
       const gref = req.segGref[i]!;
       let g = cache.acquire(gref);
-      if (g !== undefined && writable && !g.writable) {
+      if (g !== undefined && writable && !g.run.mapping.writable) {
         // Cached read-only (the frontend granted it so for a write); a read needs it writable.
         cache.release(g);
         cache.forget(gref);
@@ -766,7 +764,7 @@ export class RingService {
         misses++;
         continue;
       }
-      s.segBuf[i] = g.buffer;
+      s.segBuf[i] = g.run.mapping.buffer;
       s.segOff[i] = g.offset + req.segFirst[i]! * BLKIF_SECTOR_SIZE;
     }
     // A count rather than pgrants.length = n: setting an array's length is a call into V8's runtime.
@@ -870,7 +868,8 @@ export class RingService {
 
   /**
    * The buffers of `s`'s segments, adjacent pieces of one mapping merged into one view; a piece
-   * that is a whole mapping (a full persistently mapped page) is passed as is, without a view.
+   * that is a whole mapping (a persistent run used whole) is passed as is, without a view.
+   * Counted in the stats' io_vectors: each call is one request's part of one backing call.
    */
   private iovec(s: Slot): Buffer[] {
     const n = s.req.nrSegments;
@@ -892,6 +891,7 @@ export class RingService {
       end = o + s.segLen[i]!;
     }
     iov[k++] = start === 0 && end === buf.length ? buf : buf.subarray(start, end);
+    this.stats.ioVectors += k;
     // Requests of a workload mostly have one shape: the length changes (a runtime call) rarely.
     if (iov.length !== k) iov.length = k;
     return iov;
@@ -903,9 +903,7 @@ export class RingService {
     try {
       if (this.vbd.flush) await this.backing.flush();
       if (req.nrSegments > 0) {
-        const iov = this.iovec(s);
-        this.stats.ioVectors += iov.length;
-        await this.backing.write(req.sectorNumber * BLKIF_SECTOR_SIZE, iov);
+        await this.backing.write(req.sectorNumber * BLKIF_SECTOR_SIZE, this.iovec(s));
         this.stats.wrSect += s.nsect;
         if (this.vbd.flush) await this.backing.flush();
       }

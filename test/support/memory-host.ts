@@ -176,7 +176,7 @@ export function createMemoryPlatform(opts: { ramPages?: number } = {}): MemoryPl
     let mine = mappingsBy.get(self);
     if (mine === undefined) { mine = new Set(); mappingsBy.set(self, mine); }
     const held = mine;
-    const copies = new Map<MappedGrants, { grantor: Domain; mapping: Mapping; notify?: UnmapNotify }>();
+    const mappings = new Map<MappedGrants, { grantor: Domain; mapping: Mapping; notify?: UnmapNotify }>();
     const api: GrantMapper = {
       map(domid, refs, writable) {
         const grantor = domain(domid);
@@ -207,11 +207,11 @@ export function createMemoryPlatform(opts: { ramPages?: number } = {}): MemoryPl
         for (const ref of refs) grantor.grants.get(ref)!.pins++;
         const m: MappedGrants = { domid, refs: [...refs], buffer: mapping.view(), writable };
         held.add(m);
-        copies.set(m, { grantor, mapping });
+        mappings.set(m, { grantor, mapping });
         return m;
       },
       unmap(m) {
-        const c = copies.get(m);
+        const c = mappings.get(m);
         if (c === undefined) throw new MemoryHostError('unmap of a mapping this mapper does not hold', 'EINVAL');
         if (c.notify?.clearByte !== undefined) m.buffer[c.notify.clearByte] = 0;
         c.mapping.unmap();
@@ -219,7 +219,7 @@ export function createMemoryPlatform(opts: { ramPages?: number } = {}): MemoryPl
           const g = c.grantor.grants.get(ref);
           if (g !== undefined) g.pins--;
         }
-        copies.delete(m);
+        mappings.delete(m);
         held.delete(m);
         if (c.notify?.port !== undefined) {
           const p = domain(self).ports.get(c.notify.port);
@@ -245,12 +245,12 @@ export function createMemoryPlatform(opts: { ramPages?: number } = {}): MemoryPl
         }
       },
       setUnmapNotify(m, notify) {
-        const c = copies.get(m);
+        const c = mappings.get(m);
         if (c === undefined) throw new MemoryHostError('setUnmapNotify on an unknown mapping', 'EINVAL');
         c.notify = notify;
       },
       close() {
-        for (const m of [...held]) if (copies.has(m)) api.unmap(m);
+        for (const m of [...held]) if (mappings.has(m)) api.unmap(m);
       },
     };
     return api;

@@ -15,10 +15,10 @@ test('persistent grant cache: runs are mapped, used and evicted as one; LRU evic
   // A run of three: one mapping, its pages back to back in one buffer, not in use until used.
   const r012 = run(0, 1, 2)!;
   assert.deepEqual(r012.map((g) => g.offset), [0, 4096, 8192]);
-  assert.ok(r012.every((g) => g.buffer === r012[0]!.buffer && g.run === r012[0]!.run));
-  assert.equal(r012[0]!.buffer.length, 3 * 4096);
+  assert.ok(r012.every((g) => g.run.mapping.buffer === r012[0]!.run.mapping.buffer && g.run === r012[0]!.run));
+  assert.equal(r012[0]!.run.mapping.buffer.length, 3 * 4096);
   pages[1]!.buffer[5] = 0xab;
-  assert.equal(r012[1]!.buffer[4096 + 5], 0xab, 'page 1 of the run is gref 1');
+  assert.equal(r012[1]!.run.mapping.buffer[4096 + 5], 0xab, 'page 1 of the run is gref 1');
   assert.equal(cache.size, 3);
   assert.equal(plat.usage(0).mappings, 1);
   const [g3] = run(3)!;

@@ -13,17 +13,12 @@ import type { GrantMapper, MappedGrants, UnmapNotify } from '../../../gnttab/gnt
 import type { GrantCopyBatch } from '../../../gnttab/copy-batch.ts';
 import type { GrantPools } from './grant-pools.ts';
 
-/** What happened to one live mapping. */
-interface Live {
-  readonly refs: readonly number[];
-  readonly writable: boolean;
-}
-
 /** A GrantMapper that checks every map against the frontend's grants. */
 export class AuditedMapper implements GrantMapper {
   /** Oracle violations seen (cleared by the fuzzer after reporting). */
   readonly violations: string[] = [];
-  readonly live = new Map<MappedGrants, Live>();
+  /** The mappings the backend holds now. */
+  readonly live = new Set<MappedGrants>();
   /** Refs the current batch named; undefined: do not check (chaos batches, ring set-up). */
   named: Set<number> | undefined;
   /** Called before each map attempt (the fuzzer rewrites consumed requests here). */
@@ -61,13 +56,12 @@ export class AuditedMapper implements GrantMapper {
         this.violations.push(`backend mapped ref ${r}, which no request of the batch named (a rewritten request read twice?)`);
       }
     }
-    this.live.set(m, { refs: [...refs], writable });
+    this.live.add(m);
     return m;
   }
 
   unmap(m: MappedGrants): void {
-    const l = this.live.get(m);
-    if (l === undefined) {
+    if (!this.live.has(m)) {
       this.violations.push(`backend unmapped a mapping it does not hold (refs ${m.refs.join(',')})`);
       this.inner.unmap(m);
       return;
@@ -119,7 +113,7 @@ export class AuditedMapper implements GrantMapper {
   /** `mappedPages()` is how many pages the backend holds mapped now. */
   mappedPages(): number {
     let n = 0;
-    for (const l of this.live.values()) n += l.refs.length;
+    for (const m of this.live) n += m.refs.length;
     return n;
   }
 }

@@ -197,9 +197,10 @@ export const stackBench: Bench = {
       await attach(DEFAULT_VDEV, {});
       const disks = await back.call<{ backing: string }[]>('disks');
       const oDirect = disks.every((d) => d.backing.includes('O_DIRECT'));
-      const { aio } = await direct.call<{ aio: boolean }>('open', { path: file, direct: oDirect });
-      const engines = disks.map((d) => d.backing.includes('Linux AIO'));
-      ctx.note(`stack: I/O engine: ${aio ? 'Linux AIO' : 'libuv threadpool'} on the direct side, ${engines.every((e) => e === aio) ? 'the same' : 'NOT the same'} in blkback`);
+      const { engine } = await direct.call<{ engine: string }>('open', { path: file, direct: oDirect });
+      const engineIn = (backing: string): string => (backing.includes('io_uring') ? 'io_uring' : backing.includes('Linux AIO') ? 'aio' : 'threadpool');
+      const label: Record<string, string> = { io_uring: 'io_uring (registered buffers)', aio: 'Linux AIO', threadpool: 'libuv threadpool' };
+      ctx.note(`stack: I/O engine: ${label[engine] ?? engine} on the direct side, ${disks.every((d) => engineIn(d.backing) === engine) ? 'the same' : 'NOT the same'} in blkback`);
       const cache = oDirect
         ? 'both sides O_DIRECT: no dom0 page cache on either (a cache below this VM\'s disk, if any, serves both alike)'
         : `O_DIRECT refused by ${fsInfo.type}: both sides buffered, so the page cache serves both (${FILE_BYTES / MiB} MiB file < free memory)`;
@@ -273,12 +274,12 @@ export const stackBench: Bench = {
       const { hugeKiB } = await direct.call<{ hugeKiB?: number }>('memory');
       ctx.note(`stack: memory: guest RAM on 2 MiB pages: ${ram}; the direct side's buffers: ${hugeKiB === undefined ? 'unknown' : `${(hugeKiB / 1024).toFixed(0)} MiB on 2 MiB pages`}`);
       // What blkback saw on each disk over the whole run (all figures that used it).
-      type DiskStats = { devid: number; rings: number; ringPageOrder: number; stats: Record<string, number> };
+      type DiskStats = { devid: number; rings: number; ringPageOrder: number; backing: string; stats: Record<string, number> };
       for (const d of await back.call<DiskStats[]>('disks')) {
         const st = d.stats;
         const reqs = (st['rd_req'] ?? 0) + (st['wr_req'] ?? 0);
         const per = (n: number | undefined): string => (n !== undefined && n > 0 ? (reqs / n).toFixed(1) : '-');
-        ctx.note(`stack: blkback on ${canonicalName(d.devid)} (${d.rings} ring(s) of order ${d.ringPageOrder}): ${st['rd_req']} reads, ${st['wr_req']} writes, ${st['merged_req']} merged into a neighbour, ${(reqs > 0 ? (st['io_vectors'] ?? 0) / reqs : 0).toFixed(2)} I/O vector entries per read or write, ${st['persistent_grants']} persistent grants mapped at the end (${st['pgrant_evictions']} evicted on the way), latency p50 ${st['p50_us']} us / p99 ${st['p99_us']} us; ${st['events']} events taken (${per(st['events'])} requests each), ${st['notifies']} notifications sent (${per(st['notifies'])} requests each)`);
+        ctx.note(`stack: blkback on ${canonicalName(d.devid)} (${d.rings} ring(s) of order ${d.ringPageOrder}): ${st['rd_req']} reads, ${st['wr_req']} writes, ${st['merged_req']} merged into a neighbour, ${(reqs > 0 ? (st['io_vectors'] ?? 0) / reqs : 0).toFixed(2)} I/O vector entries per read or write, ${st['persistent_grants']} persistent grants mapped at the end (${st['pgrant_evictions']} evicted on the way), latency p50 ${st['p50_us']} us / p99 ${st['p99_us']} us; ${st['events']} events taken (${per(st['events'])} requests each), ${st['notifies']} notifications sent (${per(st['notifies'])} requests each); backing: ${d.backing}`);
       }
       if (profileDir !== undefined) {
         await front.profileStop(path.join(profileDir, 'stack-front.cpuprofile'));

@@ -37,7 +37,7 @@ const IOVEC_SIZE = 16;
  * small integers (every address is) is a call into V8's runtime (fmod), which a CPU profile of
  * `xenblk serve` on real Xen showed as one of the costliest lines of the submission path.
  */
-function putU64(w: Uint32Array, at: number, v: number): void {
+export function putU64(w: Uint32Array, at: number, v: number): void {
   w[at] = v >>> 0;
   w[at + 1] = (v / 0x100000000) >>> 0;
 }

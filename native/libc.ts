@@ -65,6 +65,15 @@ export const libc = {
   /** io_getevents(ctx, min_nr, nr, struct io_event *events, struct timespec *timeout). */
   ioGetevents: lib.func('syscall', 'long', ['long', 'uint64_t', 'long', 'long', 'void *', 'void *']) as
     (nr: number, ctx: number, min: number, max: number, events: Uint8Array, timeout: Uint8Array) => number,
+  // io_uring (include/uapi/linux/io_uring.h) has no glibc wrapper either: syscall(2) again.
+  /** io_uring_setup(entries, struct io_uring_params *p). */
+  ioUringSetup: lib.func('syscall', 'long', ['long', 'uint', 'void *']) as (nr: number, entries: number, params: Uint8Array) => number,
+  /** io_uring_enter(fd, to_submit, min_complete, flags, NULL, 0). */
+  ioUringEnter: lib.func('syscall', 'long', ['long', 'int', 'uint', 'uint', 'uint', 'void *', 'size_t']) as
+    (nr: number, fd: number, toSubmit: number, minComplete: number, flags: number, sig: null, sigsz: number) => number,
+  /** io_uring_register(fd, opcode, arg, nr_args). */
+  ioUringRegister: lib.func('syscall', 'long', ['long', 'int', 'uint', 'void *', 'uint']) as
+    (nr: number, fd: number, opcode: number, arg: Uint8Array, nrArgs: number) => number,
   fallocate: lib.func('int fallocate(int fd, int mode, int64_t offset, int64_t len)') as ((fd: number, mode: number, offset: number, len: number) => number) & {
     async(fd: number, mode: number, offset: number, len: number, cb: (err: unknown, res: number) => void): void;
   },
@@ -75,15 +84,15 @@ export const O = {
   RDONLY: 0o0, WRONLY: 0o1, RDWR: 0o2, CREAT: 0o100, EXCL: 0o200, NONBLOCK: 0o4000, CLOEXEC: 0o2000000,
 } as const;
 export const PROT = { NONE: 0, READ: 1, WRITE: 2 } as const;
-export const MAP = { SHARED: 0x01, PRIVATE: 0x02, FIXED: 0x10, ANONYMOUS: 0x20, NORESERVE: 0x4000 } as const;
+export const MAP = { SHARED: 0x01, PRIVATE: 0x02, FIXED: 0x10, ANONYMOUS: 0x20, NORESERVE: 0x4000, POPULATE: 0x8000 } as const;
 /** madvise advice (include/uapi/asm-generic/mman-common.h). */
 export const MADV = { HUGEPAGE: 14, POPULATE_WRITE: 23, COLLAPSE: 25 } as const;
 export const EFD = { NONBLOCK: 0o4000, CLOEXEC: 0o2000000 } as const;
 export const AF_UNIX = 1;
-/** Syscall numbers of Linux AIO (arch/x86/entry/syscalls/syscall_64.tbl; asm-generic/unistd.h for arm64). */
+/** Syscall numbers of Linux AIO and io_uring (arch/x86/entry/syscalls/syscall_64.tbl; asm-generic/unistd.h for arm64). */
 export const SYS = process.arch === 'arm64'
-  ? { io_setup: 0, io_destroy: 1, io_submit: 2, io_getevents: 4 } as const
-  : { io_setup: 206, io_destroy: 207, io_submit: 209, io_getevents: 208 } as const;
+  ? { io_setup: 0, io_destroy: 1, io_submit: 2, io_getevents: 4, io_uring_setup: 425, io_uring_enter: 426, io_uring_register: 427 } as const
+  : { io_setup: 206, io_destroy: 207, io_submit: 209, io_getevents: 208, io_uring_setup: 425, io_uring_enter: 426, io_uring_register: 427 } as const;
 export const SOCK = { STREAM: 1, NONBLOCK: 0o4000, CLOEXEC: 0o2000000 } as const;
 
 /** The errno values the data path tests for (asm-generic/errno-base.h, errno.h). */

@@ -12,6 +12,7 @@ import { Blkback } from '../../lib/blkback/backend.ts';
 import type { BlkbackLimits } from '../../lib/blkback/handshake.ts';
 import { serveControl, defaultControlDir } from '../../lib/blkback/control.ts';
 import { openBackend } from '../../lib/backends/open.ts';
+import type { IoEngine } from '../../lib/backends/raw-file.ts';
 import { pollDescription } from '../../native/fd-watch.ts';
 import { ToolstackError, createVbd, removeVbd, vbdPaths, waitForDomain } from '../../lib/toolstack/vbd.ts';
 import type { VbdPaths } from '../../lib/toolstack/vbd.ts';
@@ -30,6 +31,8 @@ const USAGE = `usage: xenblk serve FILE --domid N --vdev NAME [options]
   --create SIZE              create FILE (sparse) of SIZE bytes (64M, 2G, ...) if it does not exist
   --sector-size 512|4096     logical sector size advertised (default 512)
   --direct auto|on|off       O_DIRECT policy (default auto)
+  --io-engine ENGINE         auto|io_uring|aio|threadpool for O_DIRECT I/O (default auto: io_uring,
+                             else Linux AIO, else the threadpool; or XENBLK_IO_ENGINE)
   --queues N                 multi-queue-max-queues (default 4)
   --max-ring-page-order N    0..4 (default 4)
   --max-indirect-segments N  0..4096 (default 256; 0 disables indirect requests)
@@ -50,6 +53,7 @@ interface Args {
   create: number | undefined;
   sectorSize: 512 | 4096;
   direct: 'auto' | 'on' | 'off';
+  engine: IoEngine | 'auto' | undefined;
   limits: Partial<BlkbackLimits>;
   kind: string;
   quiet: boolean;
@@ -75,7 +79,7 @@ function bytes(name: string, v: string): number {
 async function checkBacking(params: string, a: Args): Promise<string | undefined> {
   let disk;
   try {
-    disk = await openBackend(params, { readonly: a.readonly, direct: a.direct, sectorSize: a.sectorSize });
+    disk = await openBackend(params, { readonly: a.readonly, direct: a.direct, engine: a.engine, sectorSize: a.sectorSize });
   } catch (e) {
     return `cannot serve ${params}: ${(e as Error).message}`;
   }
@@ -97,7 +101,7 @@ function parse(argv: string[]): Args | string {
   let domid: number | undefined;
   let vdev: string | undefined;
   const a: Omit<Args, 'file' | 'domid' | 'vdev'> = {
-    readonly: false, sim: undefined, xen: false, create: undefined, sectorSize: 512, direct: 'auto', limits: {}, kind: 'vbd', quiet: false,
+    readonly: false, sim: undefined, xen: false, create: undefined, sectorSize: 512, direct: 'auto', engine: undefined, limits: {}, kind: 'vbd', quiet: false,
   };
   const limits: { -readonly [K in keyof BlkbackLimits]?: BlkbackLimits[K] } = {};
   for (let i = 0; i < argv.length; i++) {
@@ -124,6 +128,12 @@ function parse(argv: string[]): Args | string {
         const v = val();
         if (v !== 'auto' && v !== 'on' && v !== 'off') return `--direct is auto, on or off, got ${v}`;
         a.direct = v;
+        break;
+      }
+      case '--io-engine': {
+        const v = val();
+        if (v !== 'auto' && v !== 'io_uring' && v !== 'aio' && v !== 'threadpool') return `--io-engine is auto, io_uring, aio or threadpool, got ${v}`;
+        a.engine = v;
         break;
       }
       case '--queues': limits.maxQueues = int(opt, val(), 1, 256); break;
@@ -216,7 +226,7 @@ export async function run(argv: string[]): Promise<number> {
       devid: p.devid,
       kind: a.kind,
       limits: a.limits,
-      openBacking: (r) => openBackend(r.params, { readonly: r.readonly, direct: a.direct, sectorSize: a.sectorSize }),
+      openBacking: (r) => openBackend(r.params, { readonly: r.readonly, direct: a.direct, engine: a.engine, sectorSize: a.sectorSize }),
       log: (m) => say(m),
     });
     const b = blkback;

@@ -62,5 +62,8 @@ export async function run(argv: string[]): Promise<number> {
     ['PID', 'DOMID', 'VDEV', 'STATE', 'RD_REQ', 'WR_REQ', 'F_REQ', 'DS_REQ', 'OO_REQ', 'RD_SECT', 'WR_SECT', 'MERGED', 'IOVECS', 'ERRORS', 'INFLIGHT', 'P50_US', 'P99_US', 'PGRANTS', 'EVENTS', 'NOTIFIES'],
     rows,
   ));
+  // What each disk is served from, and how (the engine, and for io_uring how much of the I/O was
+  // on registered memory): one line each under the table.
+  for (const r of reports) for (const d of r.disks) if (d.backing !== undefined) process.stdout.write(`${r.pid} ${vdevName(d.devid)}: ${d.backing}\n`);
   return 0;
 }

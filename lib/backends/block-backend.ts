@@ -49,6 +49,14 @@ export interface BlockBackend {
   discard(offset: number, length: number, opts: DiscardOptions): Promise<void>;
   /** `close()` releases the backing; no call may follow. */
   close(): Promise<void>;
+  /**
+   * `registerMemory(mem)`, where the backing can, has memory that I/O will use again and again
+   * (blkback's persistently mapped grants) made cheaper to use: raw files on io_uring pin it
+   * once instead of at every read and write. The result ends the registration and must be
+   * called before `mem` is unmapped; undefined when the backing does not or cannot (reads and
+   * writes on `mem` work the same either way).
+   */
+  registerMemory?(mem: Uint8Array): (() => void) | undefined;
 }
 
 /** A backing-store failure: `op` and the byte range that failed, with the OS error code if any. */

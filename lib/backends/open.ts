@@ -14,6 +14,8 @@ export interface OpenBackendOptions {
   readonly readonly: boolean;
   /** O_DIRECT policy for files (see RawFileOptions.direct). */
   readonly direct?: RawFileOptions['direct'];
+  /** Engine for O_DIRECT I/O (see RawFileOptions.engine). */
+  readonly engine?: RawFileOptions['engine'];
   readonly sectorSize?: 512 | 4096;
 }
 
@@ -28,7 +30,7 @@ export async function openBackend(params: string, opts: OpenBackendOptions): Pro
       return createRamDisk({ size, readonly: opts.readonly, sectorSize: opts.sectorSize });
     }
     if (!RAW_PREFIXES.includes(format)) throw new BackendError(`disk format ${JSON.stringify(format)} is not supported (raw images only)`, 'open', 'ENOTSUP');
-    return openRawFile(rest, { readonly: opts.readonly, direct: opts.direct, sectorSize: opts.sectorSize });
+    return openRawFile(rest, { readonly: opts.readonly, direct: opts.direct, engine: opts.engine, sectorSize: opts.sectorSize });
   }
-  return openRawFile(params, { readonly: opts.readonly, direct: opts.direct, sectorSize: opts.sectorSize });
+  return openRawFile(params, { readonly: opts.readonly, direct: opts.direct, engine: opts.engine, sectorSize: opts.sectorSize });
 }

@@ -14,10 +14,13 @@
 // range with zeros and syncs before punching, since a hole alone may leave the old blocks
 // readable on the medium.
 //
-// On the O_DIRECT descriptor, reads and writes go through Linux native AIO (native/aio.ts):
-// everything blkback issues in one pass over its ring is one io_submit, and completions come
-// back in batches through one eventfd, with no thread per I/O. Whatever AIO refuses or cannot
-// take (context full, memory O_DIRECT rejects) takes the threadpool path below.
+// On the O_DIRECT descriptor, reads and writes go through the kernel's asynchronous I/O:
+// io_uring (native/io-uring.ts) where the kernel allows it, else Linux native AIO
+// (native/aio.ts). Either way everything blkback issues in one pass over its ring is one system
+// call, and completions come back in batches through one eventfd, with no thread per I/O.
+// io_uring also takes registered memory (registerMemory: blkback's persistent grants), which the
+// kernel pins once instead of at every I/O. Whatever the engine refuses or cannot take (queue
+// full, memory O_DIRECT rejects) takes the threadpool path below.
 //
 // Otherwise reads and writes use the callback fs.readv/fs.writev on the descriptors, not FileHandle's
 // promise methods: those add per-call bookkeeping (a promise-based request, handle
@@ -30,10 +33,20 @@ import type { FileHandle } from 'node:fs/promises';
 import type { BlockBackend, BlockBackendCapabilities, DiscardOptions } from './block-backend.ts';
 import { BackendError } from './block-backend.ts';
 import { FallocateError, punchHole } from './fallocate.ts';
-import { AioContext } from '../../native/aio.ts';
+import { AioContext, type AioCallback } from '../../native/aio.ts';
+import { IoUring } from '../../native/io-uring.ts';
 
-/** I/Os one disk keeps in flight through AIO (beyond that the threadpool takes them). */
+/** I/Os one disk keeps in flight through AIO or io_uring (beyond that the threadpool takes them). */
 const AIO_CAPACITY = 512;
+
+/** How O_DIRECT reads and writes reach the kernel. */
+export type IoEngine = 'io_uring' | 'aio' | 'threadpool';
+
+/** What the transfers need of an asynchronous engine: AioContext and IoUring both are one. */
+interface AsyncEngine {
+  submit(write: boolean, fd: number, offset: number, buffers: readonly Uint8Array[], cb: AioCallback): number;
+  close(): void;
+}
 
 export interface RawFileOptions {
   readonly readonly?: boolean;
@@ -45,8 +58,12 @@ export interface RawFileOptions {
   readonly physicalSectorSize?: number;
   /** Create the file with this size in bytes if it does not exist (sparse). */
   readonly create?: number;
-  /** Linux native AIO for O_DIRECT I/O (default true); false: libuv's threadpool only. */
-  readonly aio?: boolean;
+  /**
+   * The engine for O_DIRECT I/O: 'auto' (default) is io_uring where the kernel allows it, else
+   * Linux AIO, else the threadpool; naming one requires it (BackendError `open` when refused).
+   * XENBLK_IO_ENGINE in the environment sets the default.
+   */
+  readonly engine?: IoEngine | 'auto';
 }
 
 /** A raw file disk; `direct` tells whether O_DIRECT is in use, `directFallbacks` how many I/Os needed the buffered path. */
@@ -54,8 +71,8 @@ export interface RawFileDisk extends BlockBackend {
   readonly path: string;
   readonly direct: boolean;
   readonly directFallbacks: number;
-  /** Whether O_DIRECT reads and writes go through Linux native AIO. */
-  readonly aio: boolean;
+  /** How O_DIRECT reads and writes reach the kernel ('threadpool' also when O_DIRECT is off). */
+  readonly engine: IoEngine;
 }
 
 const ZERO_CHUNK = 1 << 20;
@@ -104,7 +121,8 @@ export async function openRawFile(path: string, opts: RawFileOptions = {}): Prom
       discardGranularity: canPunch ? Math.max(st.blksize, sectorSize) : 0,
       discardAlignment: 0,
     };
-    return makeDisk(path, buffered, direct, ro, sectorSize, physicalSectorSize, caps, isBlock, opts.aio ?? true);
+    const engine = direct === undefined ? undefined : openEngine(path, opts.engine ?? engineDefault());
+    return makeDisk(path, buffered, direct, ro, sectorSize, physicalSectorSize, caps, isBlock, engine);
   } catch (e) {
     await direct?.close().catch(() => undefined);
     await buffered.close().catch(() => undefined);
@@ -112,21 +130,53 @@ export async function openRawFile(path: string, opts: RawFileOptions = {}): Prom
   }
 }
 
+/** The default engine: XENBLK_IO_ENGINE if set (checked), else 'auto'. */
+function engineDefault(): IoEngine | 'auto' {
+  const v = process.env.XENBLK_IO_ENGINE;
+  if (v === undefined || v === '') return 'auto';
+  if (v === 'auto' || v === 'io_uring' || v === 'aio' || v === 'threadpool') return v;
+  throw new BackendError(`XENBLK_IO_ENGINE=${v}: not auto, io_uring, aio or threadpool`, 'open', 'EINVAL');
+}
+
+/** The asynchronous engine `want` asks for: 'auto' takes the first the kernel allows; a named one must open. */
+function openEngine(path: string, want: IoEngine | 'auto'): { name: IoEngine; io: AsyncEngine | undefined; uring: IoUring | undefined } {
+  if (want === 'io_uring' || want === 'auto') {
+    try {
+      const uring = new IoUring(AIO_CAPACITY);
+      return { name: 'io_uring', io: uring, uring };
+    } catch (e) {
+      // No io_uring in this kernel, io_uring_disabled, or a seccomp filter (containers often refuse it).
+      if (want === 'io_uring') throw new BackendError(`${path}: io_uring refused (${(e as Error).message})`, 'open', codeOf(e));
+    }
+  }
+  if (want === 'aio' || want === 'auto') {
+    try {
+      return { name: 'aio', io: new AioContext(AIO_CAPACITY), uring: undefined };
+    } catch (e) {
+      // io_setup refused (no AIO in this kernel, or aio-max-nr reached): the threadpool serves.
+      if (want === 'aio') throw new BackendError(`${path}: Linux AIO refused (${(e as Error).message})`, 'open', codeOf(e));
+    }
+  }
+  return { name: 'threadpool', io: undefined, uring: undefined };
+}
+
 function makeDisk(
   path: string, buffered: FileHandle, direct: FileHandle | undefined, ro: boolean,
-  sectorSize: number, physicalSectorSize: number, caps: BlockBackendCapabilities, isBlock: boolean, useAio: boolean,
+  sectorSize: number, physicalSectorSize: number, caps: BlockBackendCapabilities, isBlock: boolean,
+  engine: ReturnType<typeof openEngine> | undefined,
 ): RawFileDisk {
   let closed = false;
   let zeros: Buffer | undefined;
-  let aio: AioContext | undefined;
-  if (direct !== undefined && useAio) {
-    try {
-      aio = new AioContext(AIO_CAPACITY);
-    } catch {
-      // io_setup refused (no AIO in this kernel, or aio-max-nr reached): the threadpool serves.
-    }
-  }
+  const aio = engine?.io;
+  const uring = engine?.uring;
   const io = new TransferPool(path, buffered.fd, direct?.fd, aio);
+  const engineNote = (): string => {
+    if (uring !== undefined) {
+      const fixed = uring.registerRefused !== undefined ? `registration refused: ${uring.registerRefused}` : `${uring.registered} buffer(s) registered`;
+      return `, io_uring, ${fixed}, ${uring.fixedSubmitted} of ${uring.submitted} I/Os on registered memory`;
+    }
+    return engine?.name === 'aio' ? ', Linux AIO' : '';
+  };
 
   function live(op: 'read' | 'write' | 'flush' | 'discard' | 'size'): void {
     if (closed) throw new BackendError(`${path} is closed`, op, 'EBADF');
@@ -140,9 +190,9 @@ function makeDisk(
 
   return {
     path,
-    get description() { return `raw ${isBlock ? 'device' : 'file'} ${path}${direct !== undefined ? ` (O_DIRECT${aio !== undefined ? ', Linux AIO' : ''})` : ''}`; },
+    get description() { return `raw ${isBlock ? 'device' : 'file'} ${path}${direct !== undefined ? ` (O_DIRECT${engineNote()})` : ''}`; },
     get direct() { return direct !== undefined; },
-    get aio() { return aio !== undefined; },
+    engine: engine?.name ?? 'threadpool',
     get directFallbacks() { return io.fallbacks; },
     sectorSize,
     physicalSectorSize,
@@ -196,6 +246,9 @@ function makeDisk(
         throw new BackendError(`${path}: discard of [${offset}, ${offset + length}): ${codeOf(e)}`, 'discard', codeOf(e), offset, length);
       }
     },
+    registerMemory(mem: Uint8Array) {
+      return closed || uring === undefined ? undefined : uring.register(mem);
+    },
     async close() {
       if (closed) return;
       closed = true;
@@ -215,7 +268,7 @@ class TransferPool {
   private inFlight = 0;
   private idleWaiters: (() => void)[] = [];
 
-  constructor(readonly path: string, readonly bufferedFd: number, readonly directFd: number | undefined, readonly aio: AioContext | undefined) {}
+  constructor(readonly path: string, readonly bufferedFd: number, readonly directFd: number | undefined, readonly aio: AsyncEngine | undefined) {}
 
   /**
    * `start(op, offset, buffers, preferDirect)` transfers all of `buffers` at `offset`, through

@@ -49,6 +49,8 @@ export interface PersistentRun {
   used: number;
   /** Where it is in the cache's list of runs (the cache's own bookkeeping), or -1 once unmapped. */
   at: number;
+  /** Ends the backing's registration of the run's memory (BlockBackend.registerMemory), if it took it. */
+  unregister: (() => void) | undefined;
 }
 
 /**
@@ -84,6 +86,12 @@ export class PersistentGrantCache {
   constructor(
     private readonly mapper: GrantMapper,
     private readonly max: number = DEFAULT_MAX_PERSISTENT_GRANTS,
+    /**
+     * The backing's registration of memory it will see again (BlockBackend.registerMemory): each
+     * writable run is offered for as long as it stays mapped, and unregistered before its unmap,
+     * so the backing never keeps a page the guest no longer grants.
+     */
+    private readonly register?: (mem: Uint8Array) => (() => void) | undefined,
   ) {}
 
   /** `size` is the number of pages the cache holds mapped now (the bound `max` applies to it). */
@@ -117,7 +125,9 @@ export class PersistentGrantCache {
     for (let i = 0; i < n; i++) if (this.find(grefs[i]!) !== undefined) return undefined;
     while (this.pages + n > this.max) if (!this.evictIdle()) return undefined;
     const grants: PersistentGrant[] = new Array<PersistentGrant>(n);
-    const run: PersistentRun = { mapping, grants, findable: n, users: 0, used: ++this.uses, at: this.runs.length };
+    // A read-only run is not offered: registration pins for writing.
+    const unregister = mapping.writable && this.register !== undefined ? this.register(mapping.buffer) : undefined;
+    const run: PersistentRun = { mapping, grants, findable: n, users: 0, used: ++this.uses, at: this.runs.length, unregister };
     for (let i = 0; i < n; i++) {
       const gref = grefs[i]!;
       const g: PersistentGrant = { gref, run, offset: i * PAGE_SIZE };
@@ -158,6 +168,7 @@ export class PersistentGrantCache {
   clear(): void {
     for (const r of this.runs) {
       r.at = -1;
+      this.unregisterRun(r);
       try {
         this.mapper.unmap(r.mapping);
       } catch {
@@ -212,10 +223,23 @@ export class PersistentGrantCache {
     }
     r.at = -1;
     this.pages -= r.grants.length;
+    this.unregisterRun(r);
     try {
       this.mapper.unmap(r.mapping);
     } catch {
       // The mapping is gone with its peer; nothing else to release.
+    }
+  }
+
+  /** Ends the backing's registration of a run about to be unmapped (a failure there must not keep it mapped). */
+  private unregisterRun(r: PersistentRun): void {
+    const u = r.unregister;
+    if (u === undefined) return;
+    r.unregister = undefined;
+    try {
+      u();
+    } catch {
+      // The backing is closed or gone: its registrations went with it.
     }
   }
 

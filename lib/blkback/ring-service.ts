@@ -217,6 +217,8 @@ export class RingService {
   private readonly maxIndirect: number;
   private readonly maxInFlight: number;
   private readonly cache: PersistentGrantCache | undefined;
+  /** The one-slot list iovec() gathers from (reused: gather is synchronous). */
+  private readonly single: Slot[] = [];
   private readonly grantCopy: boolean;
   /** Grant copy: bytes of slot buffers held now. */
   private bounceBytes = 0;
@@ -272,7 +274,7 @@ export class RingService {
     this.maxInFlight = Math.max(1, Math.min(opts.maxInFlight ?? sring.size, sring.size));
     const maxPersistent = opts.maxPersistentGrants ?? DEFAULT_MAX_PERSISTENT_GRANTS;
     this.grantCopy = opts.grantCopy === true;
-    this.cache = opts.persistent && !this.grantCopy ? new PersistentGrantCache(opts.mapper, maxPersistent) : undefined;
+    this.cache = opts.persistent && !this.grantCopy ? new PersistentGrantCache(opts.mapper, maxPersistent, opts.backing.registerMemory?.bind(opts.backing)) : undefined;
     this.indirectCopies = this.grantCopy ? new GrantCopyBatch(BLKIF_MAX_INDIRECT_PAGES_PER_REQUEST) : undefined;
   }
 
@@ -484,16 +486,12 @@ export class RingService {
 
   /** Serves adjacent plugged requests of one direction with one backing call; each gets its status. */
   private runMerged(run: Slot[]): void {
-    // Sized once: pushing a merged 1 MiB read's 256 buffers one by one regrew the array six
-    // times per call (runMerged was 6% of blkback on 1 MiB reads in a perf profile).
+    // Sized once for the worst case (no two segments meet): pushing a merged 1 MiB read's 256
+    // buffers one by one regrew the array six times per call (runMerged was 6% of blkback on
+    // 1 MiB reads in a perf profile).
     let n = 0;
-    for (let r = 0; r < run.length; r++) n += this.iovec(run[r]!).length;
-    const iov = new Array<Buffer>(n);
-    let k = 0;
-    for (let r = 0; r < run.length; r++) {
-      const part = run[r]!.iov;
-      for (let i = 0; i < part.length; i++) iov[k++] = part[i]!;
-    }
+    for (let r = 0; r < run.length; r++) n += run[r]!.req.nrSegments;
+    const iov = this.gather(run, new Array<Buffer>(n));
     const offset = run[0]!.req.sectorNumber * BLKIF_SECTOR_SIZE;
     this.stats.merged += run.length - 1;
     (run[0]!.req.dataOp === BLKIF_OP_READ ? this.backing.read(offset, iov) : this.backing.write(offset, iov)).then(
@@ -866,35 +864,45 @@ export class RingService {
     // them here would set their lengths, a call into V8's runtime per request.
   }
 
-  /**
-   * The buffers of `s`'s segments, adjacent pieces of one mapping merged into one view; a piece
-   * that is a whole mapping (a persistent run used whole) is passed as is, without a view.
-   * Counted in the stats' io_vectors: each call is one request's part of one backing call.
-   */
+  /** The I/O vector of one request's segments (see gather), in the slot's reused array. */
   private iovec(s: Slot): Buffer[] {
-    const n = s.req.nrSegments;
-    const iov = s.iov;
+    this.single[0] = s;
+    return this.gather(this.single, s.iov);
+  }
+
+  /**
+   * The I/O vector of the segments of `slots` in order (one request, or adjacent requests merged
+   * into one backing call) into `out`: pieces that meet in one mapping are joined, so a run of
+   * persistent grants met in order is one buffer however many requests carry it (the whole of a
+   * merged 1 MiB read from our blkfront), which the backing can take in one piece (io_uring's
+   * registered memory takes only single buffers). Counts the entries in `stats.ioVectors`.
+   */
+  private gather(slots: readonly Slot[], out: Buffer[]): Buffer[] {
     let k = 0;
-    let buf = s.segBuf[0]!;
-    let start = s.segOff[0]!;
-    let end = start + s.segLen[0]!;
-    for (let i = 1; i < n; i++) {
-      const b = s.segBuf[i]!;
-      const o = s.segOff[i]!;
-      if (b === buf && o === end) {
-        end += s.segLen[i]!;
-        continue;
+    let buf: Buffer | undefined;
+    let start = 0;
+    let end = 0;
+    for (let r = 0; r < slots.length; r++) {
+      const s = slots[r]!;
+      const n = s.req.nrSegments;
+      for (let i = 0; i < n; i++) {
+        const b = s.segBuf[i]!;
+        const o = s.segOff[i]!;
+        if (b === buf && o === end) {
+          end += s.segLen[i]!;
+          continue;
+        }
+        if (buf !== undefined) out[k++] = start === 0 && end === buf.length ? buf : buf.subarray(start, end);
+        buf = b;
+        start = o;
+        end = o + s.segLen[i]!;
       }
-      iov[k++] = start === 0 && end === buf.length ? buf : buf.subarray(start, end);
-      buf = b;
-      start = o;
-      end = o + s.segLen[i]!;
     }
-    iov[k++] = start === 0 && end === buf.length ? buf : buf.subarray(start, end);
+    if (buf !== undefined) out[k++] = start === 0 && end === buf.length ? buf : buf.subarray(start, end);
     this.stats.ioVectors += k;
     // Requests of a workload mostly have one shape: the length changes (a runtime call) rarely.
-    if (iov.length !== k) iov.length = k;
-    return iov;
+    if (out.length !== k) out.length = k;
+    return out;
   }
 
   /** Serves a FLUSH_DISKCACHE or WRITE_BARRIER: flush, then its data if any, then flush again. */

@@ -25,7 +25,8 @@ export interface VbdStatsSnapshot {
   readonly merged_req: number;
   /**
    * I/O vector entries the reads and writes handed to the backing (pieces adjacent in memory are
-   * one: a request over one persistent run is one); per request, how scattered the data was.
+   * one: a request over one persistent run is one, and so are adjacent requests merged into one
+   * backing call over it); per request, how scattered the data was.
    */
   readonly io_vectors: number;
   readonly in_flight: number;

@@ -1,24 +1,17 @@
-import { test } from 'node:test';
+import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdtempSync, readFileSync, rmSync, statSync, truncateSync, writeFileSync, existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import koffi from 'koffi';
-import { openRawFile } from '../../lib/backends/raw-file.ts';
+import { openRawFile, type IoEngine, type RawFileDisk, type RawFileOptions } from '../../lib/backends/raw-file.ts';
 import { BackendError } from '../../lib/backends/block-backend.ts';
+import { Mapping } from '../../native/memory.ts';
+import { alignedBuffer } from '../support/direct-file.ts';
 
 function tempDir(t: { after: (f: () => void) => void }, base = tmpdir()): string {
   const dir = mkdtempSync(join(base, 'xenblk-raw-'));
   t.after(() => rmSync(dir, { recursive: true, force: true }));
   return dir;
-}
-
-/** A page-aligned Buffer (as grant mappings are), so O_DIRECT can use it as is. */
-function alignedBuffer(bytes: number): Buffer {
-  const p = koffi.alloc('uint8_t', bytes + 4096);
-  const misalign = Number(koffi.address(p) % 4096n);
-  const ab = koffi.view(p, bytes + 4096);
-  return Buffer.from(ab, (4096 - misalign) % 4096, bytes);
 }
 
 function pattern(n: number, seed: number): Buffer {
@@ -27,43 +20,91 @@ function pattern(n: number, seed: number): Buffer {
   return b;
 }
 
-test('raw file: vectored writes and reads match the file bytes, O_DIRECT on ext4 with aligned memory', async (t) => {
+/** `openOrSkip(t, path, engine, opts)` opens with `engine`, or says loudly why this machine cannot and skips. */
+async function openOrSkip(t: TestContext, path: string, engine: IoEngine, opts: RawFileOptions): Promise<RawFileDisk | undefined> {
+  try {
+    return await openRawFile(path, { ...opts, engine });
+  } catch (e) {
+    if (!(e instanceof BackendError) || engine === 'threadpool') throw e;
+    t.diagnostic(`SKIPPED LOUDLY: ${engine} refused on this machine (${e.message})`);
+    t.skip(`no ${engine}`);
+    return undefined;
+  }
+}
+
+for (const engine of ['io_uring', 'aio', 'threadpool'] as const) {
+  test(`raw file (${engine}): vectored writes and reads match the file bytes, O_DIRECT on ext4 with aligned memory`, async (t) => {
+    const dir = tempDir(t);
+    const path = join(dir, 'disk.img');
+    const disk = await openOrSkip(t, path, engine, { create: 1 << 20 });
+    if (disk === undefined) return;
+    t.after(() => disk.close());
+    assert.equal(await disk.size(), 1 << 20);
+    assert.equal(statSync(path).blocks, 0, 'created sparse');
+    if (disk.direct) assert.equal(disk.engine, engine);
+
+    const a = alignedBuffer(8192);
+    pattern(8192, 1).copy(a);
+    const b = alignedBuffer(4096);
+    pattern(4096, 2).copy(b);
+    await disk.write(65536, [a, b]);
+    if (disk.direct) assert.equal(disk.directFallbacks, 0, 'aligned memory needs no buffered fallback');
+    const onDisk = readFileSync(path);
+    assert.deepEqual(onDisk.subarray(65536, 65536 + 12288), Buffer.concat([a, b]));
+
+    const r = alignedBuffer(12288);
+    await disk.read(65536, [r.subarray(0, 4096), r.subarray(4096)]);
+    assert.deepEqual(r, Buffer.concat([a, b]));
+    await disk.flush();
+  });
+
+  test(`raw file (${engine}): unaligned memory and 512-byte pieces work (O_DIRECT or its buffered fallback)`, async (t) => {
+    const dir = tempDir(t);
+    const path = join(dir, 'disk.img');
+    const disk = await openOrSkip(t, path, engine, { create: 1 << 20 });
+    if (disk === undefined) return;
+    t.after(() => disk.close());
+    const big = Buffer.alloc(512 * 3 + 1);
+    const piece = big.subarray(1); // odd address: O_DIRECT refuses it
+    pattern(512 * 3, 9).copy(piece);
+    await disk.write(512 * 5, [piece.subarray(0, 512), piece.subarray(512)]);
+    assert.deepEqual(readFileSync(path).subarray(512 * 5, 512 * 8), piece);
+    const back = Buffer.alloc(512 * 3 + 3).subarray(3);
+    await disk.read(512 * 5, [back]);
+    assert.deepEqual(back, piece);
+  });
+}
+
+test('raw file: memory registered through registerMemory is read and written as fixed I/O until it is given back', async (t) => {
   const dir = tempDir(t);
   const path = join(dir, 'disk.img');
-  const disk = await openRawFile(path, { create: 1 << 20 });
+  const disk = await openOrSkip(t, path, 'io_uring', { create: 1 << 20 });
+  if (disk === undefined) return;
   t.after(() => disk.close());
-  assert.equal(await disk.size(), 1 << 20);
-  assert.equal(statSync(path).blocks, 0, 'created sparse');
-
-  const a = alignedBuffer(8192);
-  pattern(8192, 1).copy(a);
-  const b = alignedBuffer(4096);
-  pattern(4096, 2).copy(b);
-  await disk.write(65536, [a, b]);
-  if (disk.direct) assert.equal(disk.directFallbacks, 0, 'aligned memory needs no buffered fallback');
-  if (disk.direct) assert.ok(disk.aio, 'O_DIRECT I/O goes through Linux AIO');
-  const onDisk = readFileSync(path);
-  assert.deepEqual(onDisk.subarray(65536, 65536 + 12288), Buffer.concat([a, b]));
-
-  const r = alignedBuffer(12288);
-  await disk.read(65536, [r.subarray(0, 4096), r.subarray(4096)]);
-  assert.deepEqual(r, Buffer.concat([a, b]));
-  await disk.flush();
-});
-
-test('raw file: unaligned memory and 512-byte pieces work (O_DIRECT or its buffered fallback)', async (t) => {
-  const dir = tempDir(t);
-  const path = join(dir, 'disk.img');
-  const disk = await openRawFile(path, { create: 1 << 20 });
-  t.after(() => disk.close());
-  const big = Buffer.alloc(512 * 3 + 1);
-  const piece = big.subarray(1); // odd address: O_DIRECT refuses it
-  pattern(512 * 3, 9).copy(piece);
-  await disk.write(512 * 5, [piece.subarray(0, 512), piece.subarray(512)]);
-  assert.deepEqual(readFileSync(path).subarray(512 * 5, 512 * 8), piece);
-  const back = Buffer.alloc(512 * 3 + 3).subarray(3);
-  await disk.read(512 * 5, [back]);
-  assert.deepEqual(back, piece);
+  if (!disk.direct) {
+    t.diagnostic(`SKIPPED LOUDLY: ${dir} refuses O_DIRECT, so no I/O goes through io_uring here`);
+    t.skip('no O_DIRECT');
+    return;
+  }
+  const m = Mapping.anonymous(65536);
+  t.after(() => m.unmap());
+  const mem = m.view();
+  const end = disk.registerMemory?.(mem);
+  if (end === undefined) {
+    t.diagnostic(`SKIPPED LOUDLY: io_uring would not register memory here (${disk.description})`);
+    t.skip('no registered buffers');
+    return;
+  }
+  pattern(16384, 3).copy(mem, 4096);
+  await disk.write(8192, [mem.subarray(4096, 8192), mem.subarray(8192, 20480)]);
+  assert.deepEqual(readFileSync(path).subarray(8192, 8192 + 16384), pattern(16384, 3));
+  mem.fill(0);
+  await disk.read(8192, [mem.subarray(32768, 32768 + 16384)]);
+  assert.deepEqual(mem.subarray(32768, 32768 + 16384), pattern(16384, 3));
+  assert.match(disk.description, /io_uring, 1 buffer\(s\) registered, 3 of 3 I\/Os on registered memory/);
+  end();
+  await disk.read(8192, [mem.subarray(0, 4096)]);
+  assert.match(disk.description, /0 buffer\(s\) registered, 3 of 4 I\/Os on registered memory/);
 });
 
 test('raw file: discard punches a hole that reads back zeros; secure discard zeroes too', async (t) => {

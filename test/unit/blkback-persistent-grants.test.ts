@@ -157,3 +157,48 @@ test('stats: latency histogram buckets are powers of two microseconds; percentil
   assert.equal(percentile(snap.latency_us, 1), 8192);
   assert.equal(percentile([0, 0], 0.5), 0);
 });
+
+test('persistent grant cache: the backing registers each writable run while it is mapped, and gives it back before every unmap', () => {
+  const plat = createMemoryPlatform({ ramPages: 64 });
+  const pages = Array.from({ length: 6 }, () => plat.sharer(2).share(0, 1, true));
+  const ref = (i: number): number => pages[i]!.refs[0]!;
+  const inner = plat.mapper(0);
+  const events: string[] = [];
+  const live = new Set<Uint8Array>();
+  // The mapper says when a mapping goes; registration must have ended by then.
+  const mapper: GrantMapper = {
+    ...inner,
+    map: (domid, refs, writable) => inner.map(domid, refs, writable),
+    unmap: (m: MappedGrants) => {
+      assert.ok(!live.has(m.buffer), 'a registered run is never unmapped');
+      events.push(`unmap ${m.buffer.length / 4096}`);
+      inner.unmap(m);
+    },
+  };
+  const register = (mem: Uint8Array): (() => void) | undefined => {
+    live.add(mem);
+    events.push(`register ${mem.length / 4096}`);
+    return () => {
+      live.delete(mem);
+      events.push(`unregister ${mem.length / 4096}`);
+    };
+  };
+  const cache = new PersistentGrantCache(mapper, 4, register);
+  const run = (writable: boolean, ...is: number[]): PersistentGrant[] | undefined => cache.insert(is.map(ref), mapper.map(2, is.map(ref), writable));
+  assert.ok(run(true, 0, 1));
+  assert.ok(run(false, 2), 'a read-only run is cached but not offered');
+  assert.deepEqual(events, ['register 2']);
+  // Eviction (LRU: run 01), forget of a whole run, and clear all end the registration first.
+  assert.ok(run(true, 3, 4));
+  assert.deepEqual(events.slice(1), ['unregister 2', 'unmap 2', 'register 2']);
+  events.length = 0;
+  cache.forget(ref(3));
+  cache.forget(ref(4));
+  assert.deepEqual(events, ['unregister 2', 'unmap 2']);
+  events.length = 0;
+  assert.ok(run(true, 5));
+  cache.clear();
+  assert.deepEqual(events, ['register 1', 'unmap 1', 'unregister 1', 'unmap 1']);
+  assert.equal(live.size, 0);
+  for (const p of pages) plat.sharer(2).endAccess(p);
+});

@@ -3,33 +3,10 @@
 // submission; completions carry the byte counts; what the kernel refuses comes back as -errno.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { closeSync, constants as fsc, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import koffi from 'koffi';
 import { AioContext } from '../../native/aio.ts';
-
-/** A page-aligned Buffer, as grant mappings are, so O_DIRECT takes it as is. */
-function alignedBuffer(bytes: number): Buffer {
-  const p = koffi.alloc('uint8_t', bytes + 4096);
-  const misalign = Number(koffi.address(p) % 4096n);
-  return Buffer.from(koffi.view(p, bytes + 4096), (4096 - misalign) % 4096, bytes);
-}
-
-function directFile(t: { after: (f: () => void) => void }, bytes: Buffer): { path: string; fd: number } | undefined {
-  const dir = mkdtempSync(join(tmpdir(), 'xenblk-aio-'));
-  t.after(() => rmSync(dir, { recursive: true, force: true }));
-  const path = join(dir, 'disk.img');
-  writeFileSync(path, bytes);
-  let fd: number;
-  try {
-    fd = openSync(path, fsc.O_RDWR | fsc.O_DIRECT);
-  } catch (e) {
-    return undefined;
-  }
-  t.after(() => closeSync(fd));
-  return { path, fd };
-}
+import { alignedBuffer, directFile } from '../support/direct-file.ts';
 
 function io(ctx: AioContext, write: boolean, fd: number, offset: number, bufs: Uint8Array[]): Promise<number> {
   return new Promise((resolve, reject) => {

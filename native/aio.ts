@@ -16,6 +16,7 @@
 import { EFD, ERRNO, NativeError, SYS, bufferAddress, errno, errnoName, fail, libc, viewAt } from './libc.ts';
 import { bytesAddress } from './address.ts';
 import { FdWatch } from './fd-watch.ts';
+import { IoSlots, type IoCallback } from './io-slots.ts';
 
 /** aio_abi.h: struct iocb is 64 bytes; fields at these offsets (little-endian layout). */
 export const IOCB = {
@@ -70,7 +71,7 @@ function completionRing(ctx: number): Uint32Array | undefined {
 }
 
 /** What an I/O ended with: bytes transferred (>= 0) or -errno. */
-export type AioCallback = (res: number) => void;
+export type AioCallback = IoCallback;
 
 /** One process's AIO context with room for `capacity` I/Os in flight. */
 export class AioContext {
@@ -85,10 +86,7 @@ export class AioContext {
   private readonly eventWords: Uint32Array;
   private readonly noWait = Buffer.alloc(16);
   private readonly counter = Buffer.alloc(8);
-  private readonly free: number[] = [];
-  private readonly callbacks: (AioCallback | undefined)[];
-  /** The caller's buffers of each I/O in flight, referenced until it completes. */
-  private readonly held: (readonly Uint8Array[] | undefined)[];
+  private readonly slots: IoSlots;
   private readonly iovecs: (Uint32Array | undefined)[];
   private readonly iovecAddr: number[];
   private readonly words: Uint32Array;
@@ -97,7 +95,6 @@ export class AioContext {
   private readonly done: number[];
   private pending: number[] = [];
   private flushQueued = false;
-  private inFlight = 0;
   private closed = false;
   /** io_submit calls made and I/Os they carried (their ratio is the batching achieved). */
   submitCalls = 0;
@@ -121,16 +118,15 @@ export class AioContext {
     this.ptrWords = new Uint32Array(this.ptrs.buffer, this.ptrs.byteOffset, capacity * 2);
     this.events = Buffer.alloc(capacity * IO_EVENT.size);
     this.eventWords = new Uint32Array(this.events.buffer, this.events.byteOffset, this.events.byteLength / 4);
-    this.callbacks = new Array<AioCallback | undefined>(capacity).fill(undefined);
-    this.held = new Array<readonly Uint8Array[] | undefined>(capacity).fill(undefined);
+    this.slots = new IoSlots(capacity);
     this.iovecs = new Array<Uint32Array | undefined>(capacity).fill(undefined);
     this.iovecAddr = new Array<number>(capacity).fill(0);
     this.words = new Uint32Array(this.iocbs.buffer, this.iocbs.byteOffset, this.iocbs.byteLength / 4);
-    for (let i = capacity - 1; i >= 0; i--) this.free.push(i);
     this.ring = completionRing(this.ctx);
     this.done = new Array<number>(2 * capacity).fill(0);
     this.watch = new FdWatch(efd, () => this.reap(), { buffer: this.counter }); // reads (resets) the eventfd
     this.watch.unref();
+    this.slots.watch = this.watch;
   }
 
   /** `userReap` is whether completions are taken from the shared ring without io_getevents. */
@@ -140,7 +136,7 @@ export class AioContext {
 
   /** `busy` is how many I/Os are queued or in flight. */
   get busy(): number {
-    return this.inFlight;
+    return this.slots.inFlight;
   }
 
   /**
@@ -152,8 +148,8 @@ export class AioContext {
    */
   submit(write: boolean, fd: number, offset: number, buffers: readonly Uint8Array[], cb: AioCallback): number {
     if (this.closed || buffers.length === 0) return -1;
-    const slot = this.free.pop();
-    if (slot === undefined) return -1;
+    const slot = this.slots.take(cb, buffers);
+    if (slot < 0) return -1;
     // The iocb is written through a Uint32Array: Buffer's write methods check their arguments
     // in JavaScript, which the real-Xen profile showed as a tenth of the backend's time.
     const w = this.words;
@@ -199,9 +195,6 @@ export class AioContext {
     w[at + IOCB.opcode / 4] = opcode;
     putU64(w, at + IOCB.buf / 4, buf);
     putU64(w, at + IOCB.nbytes / 4, nbytes);
-    this.callbacks[slot] = cb;
-    this.held[slot] = buffers;
-    if (this.inFlight++ === 0) this.watch.ref();
     this.pending.push(slot);
     if (!this.flushQueued) {
       this.flushQueued = true;
@@ -215,17 +208,13 @@ export class AioContext {
     if (this.closed) return;
     this.flush();
     this.closed = true;
+    this.slots.closed = true;
     this.watch.close();
     libc.ioDestroy(SYS.io_destroy, this.ctx);
     this.ctx = 0;
     libc.close(this.efd);
     // Anything still in flight was waited for by io_destroy; its events are gone with the ring.
-    for (let s = 0; s < this.capacity; s++) {
-      const cb = this.callbacks[s];
-      if (cb === undefined) continue;
-      this.release(s);
-      cb(-EAGAIN);
-    }
+    this.slots.endAll(-EAGAIN);
   }
 
   /** Submits every queued iocb, in as few io_submit calls as the kernel takes them. */
@@ -250,10 +239,7 @@ export class AioContext {
       if (e === EINTR) continue;
       // io_submit refused the iocb at i (EINVAL: memory or offset O_DIRECT cannot use; EAGAIN:
       // no room): it ends now with that error and the rest are tried again.
-      const slot = list[i++]!;
-      const cb = this.callbacks[slot]!;
-      this.release(slot);
-      cb(-e);
+      this.slots.end(list[i++]!, -e);
     }
   };
 
@@ -304,19 +290,6 @@ export class AioContext {
   /** Runs the callbacks of the first `n / 2` (slot, result) pairs taken into `done`. */
   private deliver(n: number): void {
     const done = this.done;
-    for (let i = 0; i < n; i += 2) {
-      const slot = done[i]!;
-      const cb = this.callbacks[slot];
-      if (cb === undefined) continue;
-      this.release(slot);
-      cb(done[i + 1]!);
-    }
-  }
-
-  private release(slot: number): void {
-    this.callbacks[slot] = undefined;
-    this.held[slot] = undefined;
-    this.free.push(slot);
-    if (--this.inFlight === 0 && !this.closed) this.watch.unref();
+    for (let i = 0; i < n; i += 2) this.slots.end(done[i]!, done[i + 1]!);
   }
 }

@@ -24,8 +24,9 @@
 // it does AIO's (raw-file.ts falls back to its synchronous path).
 import { EFD, ERRNO, MAP, NativeError, PROT, SYS, addressOf, bufferAddress, errno, errnoName, fail, isMapFailed, libc, viewAt } from './libc.ts';
 import { bytesAddress } from './address.ts';
-import { putU64, type AioCallback } from './aio.ts';
+import { putU64 } from './aio.ts';
 import { FdWatch } from './fd-watch.ts';
+import { IoSlots, type IoCallback } from './io-slots.ts';
 
 /** io_uring.h struct io_uring_params (120 bytes): the fields read here, byte offsets. */
 const PARAMS = { size: 120, sqEntries: 0, cqEntries: 4, features: 20, sqOff: 40, cqOff: 80 } as const;
@@ -93,10 +94,7 @@ export class IoUring {
   private sqTail: number;
   private cqHead: number;
   private readonly counter = Buffer.alloc(8);
-  private readonly free: number[] = [];
-  private readonly callbacks: (AioCallback | undefined)[];
-  /** The caller's buffers of each I/O in flight, referenced until it completes. */
-  private readonly held: (readonly Uint8Array[] | undefined)[];
+  private readonly slots: IoSlots;
   private readonly iovecs: (Uint32Array | undefined)[];
   private readonly iovecAddr: number[];
   /** (slot, result) pairs taken from the completion queue in one reap (at most one per I/O in flight). */
@@ -104,7 +102,6 @@ export class IoUring {
   /** Slots of the I/Os written to the submission queue and not yet taken by the kernel, in order. */
   private pending: number[] = [];
   private flushQueued = false;
-  private inFlight = 0;
   private closed = false;
   /** Registered-buffer table: slots in use, free slots, and the update argument's memory. */
   private readonly fixedFree: number[] = [];
@@ -195,19 +192,18 @@ export class IoUring {
       this.registerRefused = 'no buffer table';
     }
 
-    this.callbacks = new Array<AioCallback | undefined>(this.capacity).fill(undefined);
-    this.held = new Array<readonly Uint8Array[] | undefined>(this.capacity).fill(undefined);
+    this.slots = new IoSlots(this.capacity);
     this.iovecs = new Array<Uint32Array | undefined>(this.capacity).fill(undefined);
     this.iovecAddr = new Array<number>(this.capacity).fill(0);
     this.done = new Array<number>(2 * this.capacity).fill(0);
-    for (let i = this.capacity - 1; i >= 0; i--) this.free.push(i);
     this.watch = new FdWatch(efd, () => this.reap(), { buffer: this.counter }); // reads (resets) the eventfd
     this.watch.unref();
+    this.slots.watch = this.watch;
   }
 
   /** `busy` is how many I/Os are queued or in flight. */
   get busy(): number {
-    return this.inFlight;
+    return this.slots.inFlight;
   }
 
   /**
@@ -263,15 +259,15 @@ export class IoUring {
    * the caller goes on from there as after any short transfer), or the first piece's error.
    * Anything else is one READV/WRITEV.
    */
-  submit(write: boolean, fd: number, offset: number, buffers: readonly Uint8Array[], cb: AioCallback): number {
+  submit(write: boolean, fd: number, offset: number, buffers: readonly Uint8Array[], cb: IoCallback): number {
     if (this.closed || buffers.length === 0) return -1;
     const n = buffers.length;
     if (n <= FIXED_PIECES && this.registered > 0) {
       const regs = this.fixedOf(buffers);
       if (regs !== undefined) return n === 1 ? this.queueFixed(write, fd, offset, buffers[0]!, regs[0]!, cb) : this.submitPieces(write, fd, offset, buffers, regs, cb);
     }
-    const slot = this.free.pop();
-    if (slot === undefined) return -1;
+    const slot = this.slots.take(cb, buffers);
+    if (slot < 0) return -1;
     // The kernel copies the iovec array during submission; it is kept per slot only to reuse its memory.
     let iov = this.iovecs[slot];
     if (iov === undefined || iov.length < n * (IOVEC_SIZE / 4)) {
@@ -287,7 +283,7 @@ export class IoUring {
       putU64(iov, o + 2, b.byteLength);
       total += b.byteLength;
     }
-    this.queue(slot, write ? OP.WRITEV : OP.READV, fd, offset, this.iovecAddr[slot]!, n, 0, cb, buffers);
+    this.queue(slot, write ? OP.WRITEV : OP.READV, fd, offset, this.iovecAddr[slot]!, n, 0);
     return total;
   }
 
@@ -308,18 +304,18 @@ export class IoUring {
   }
 
   /** One READ_FIXED/WRITE_FIXED of `b` at `offset`; bytes asked for, or -1 when full. */
-  private queueFixed(write: boolean, fd: number, offset: number, b: Uint8Array, reg: Registration, cb: AioCallback): number {
-    const slot = this.free.pop();
-    if (slot === undefined) return -1;
-    this.queue(slot, write ? OP.WRITE_FIXED : OP.READ_FIXED, fd, offset, bytesAddress(b), b.byteLength, reg.index, cb, [b]);
+  private queueFixed(write: boolean, fd: number, offset: number, b: Uint8Array, reg: Registration, cb: IoCallback): number {
+    const slot = this.slots.take(cb, [b]);
+    if (slot < 0) return -1;
+    this.queue(slot, write ? OP.WRITE_FIXED : OP.READ_FIXED, fd, offset, bytesAddress(b), b.byteLength, reg.index);
     this.fixedSubmitted++;
     return b.byteLength;
   }
 
   /** The pieces of one transfer, each on registered memory, as one fixed I/O each (see submit). */
-  private submitPieces(write: boolean, fd: number, offset: number, buffers: readonly Uint8Array[], regs: Registration[], cb: AioCallback): number {
+  private submitPieces(write: boolean, fd: number, offset: number, buffers: readonly Uint8Array[], regs: Registration[], cb: IoCallback): number {
     const n = buffers.length;
-    if (this.free.length < n) return -1;
+    if (this.slots.available < n) return -1;
     const results = new Array<number>(n).fill(0);
     let remaining = n;
     const finish = (): void => {
@@ -348,7 +344,7 @@ export class IoUring {
   }
 
   /** Writes one submission entry at the queue's next position, for slot `slot`; flushed at the end of this pass. */
-  private queue(slot: number, opcode: number, fd: number, offset: number, addr: number, len: number, bufIndex: number, cb: AioCallback, held: readonly Uint8Array[]): void {
+  private queue(slot: number, opcode: number, fd: number, offset: number, addr: number, len: number, bufIndex: number): void {
     const w = this.sqes;
     const at = (this.sqTail & this.sqMask) * SQE_WORDS;
     for (let i = at; i < at + SQE_WORDS; i++) w[i] = 0;
@@ -361,9 +357,6 @@ export class IoUring {
     w[at + SQE.bufIndex] = bufIndex;
     w[at + SQE.userData] = slot;
     this.sqTail = (this.sqTail + 1) >>> 0;
-    this.callbacks[slot] = cb;
-    this.held[slot] = held;
-    if (this.inFlight++ === 0) this.watch.ref();
     this.pending.push(slot);
     if (!this.flushQueued) {
       this.flushQueued = true;
@@ -378,22 +371,19 @@ export class IoUring {
   close(): void {
     if (this.closed) return;
     this.flush();
-    while (this.inFlight > 0 && this.pending.length === 0) {
+    while (this.slots.inFlight > 0 && this.pending.length === 0) {
       const r = libc.ioUringEnter(SYS.io_uring_enter, this.fd, 0, 1, ENTER_GETEVENTS, null, 0);
       if (r < 0 && errno() !== EINTR) break;
       this.reapQueue();
     }
     this.closed = true;
+    this.slots.closed = true;
     this.watch.close();
     libc.close(this.fd);
     this.unmapRings();
     libc.close(this.efd);
-    for (let s = 0; s < this.capacity; s++) {
-      const cb = this.callbacks[s];
-      if (cb === undefined) continue;
-      this.release(s);
-      cb(-EAGAIN);
-    }
+    // Only what the kernel never took can be left (io_uring_enter failed while waiting).
+    this.slots.endAll(-EAGAIN);
   }
 
   /** Publishes the queued entries and has the kernel take them, in as few io_uring_enter calls as it needs. */
@@ -426,11 +416,7 @@ export class IoUring {
       this.pending = [];
       this.sqTail = (this.sqTail - left.length) >>> 0;
       Atomics.store(this.ring, this.sqTailAt, this.sqTail);
-      for (const slot of left) {
-        const cb = this.callbacks[slot]!;
-        this.release(slot);
-        cb(-e);
-      }
+      for (const slot of left) this.slots.end(slot, -e);
       return;
     }
   };
@@ -457,13 +443,7 @@ export class IoUring {
     }
     this.cqHead = head;
     Atomics.store(r, this.cqHeadAt, head);
-    for (let i = 0; i < n; i += 2) {
-      const slot = done[i]!;
-      const cb = slot < this.capacity ? this.callbacks[slot] : undefined;
-      if (cb === undefined) continue;
-      this.release(slot);
-      cb(done[i + 1]!);
-    }
+    for (let i = 0; i < n; i += 2) this.slots.end(done[i]!, done[i + 1]!);
   }
 
   /** One update of the buffer table: slot `index` to `length` bytes at `address` (0, 0: empty). */
@@ -478,13 +458,6 @@ export class IoUring {
     putU64(u, RSRC_SIZE / 4, address);
     putU64(u, RSRC_SIZE / 4 + 2, length);
     return libc.ioUringRegister(SYS.io_uring_register, this.fd, REGISTER.BUFFERS_UPDATE, this.update, RSRC_SIZE);
-  }
-
-  private release(slot: number): void {
-    this.callbacks[slot] = undefined;
-    this.held[slot] = undefined;
-    this.free.push(slot);
-    if (--this.inFlight === 0 && !this.closed) this.watch.unref();
   }
 
   private unmapRings(): void {

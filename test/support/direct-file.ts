@@ -27,3 +27,17 @@ export function directFile(t: { after: (f: () => void) => void }, bytes: Buffer)
   t.after(() => closeSync(fd));
   return { path, fd };
 }
+
+/** `directFileOrSkip(t, bytes, engine)` is directFile, or undefined after saying loudly that `engine` cannot be exercised here (and skipping). */
+export function directFileOrSkip(
+  t: { after: (f: () => void) => void; diagnostic: (m: string) => void; skip: (m: string) => void },
+  bytes: Buffer,
+  engine: string,
+): { path: string; fd: number } | undefined {
+  const f = directFile(t, bytes);
+  if (f === undefined) {
+    t.diagnostic(`SKIPPED LOUDLY: ${tmpdir()} refuses O_DIRECT, so ${engine} cannot be exercised here`);
+    t.skip('no O_DIRECT in the temporary directory');
+  }
+  return f;
+}

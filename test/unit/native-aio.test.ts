@@ -4,9 +4,8 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
 import { AioContext } from '../../native/aio.ts';
-import { alignedBuffer, directFile } from '../support/direct-file.ts';
+import { alignedBuffer, directFileOrSkip } from '../support/direct-file.ts';
 
 function io(ctx: AioContext, write: boolean, fd: number, offset: number, bufs: Uint8Array[]): Promise<number> {
   return new Promise((resolve, reject) => {
@@ -17,12 +16,8 @@ function io(ctx: AioContext, write: boolean, fd: number, offset: number, bufs: U
 test('aio: a batch of reads and vectored writes through one context lands byte for byte', async (t) => {
   const init = Buffer.alloc(1 << 20);
   for (let i = 0; i < init.length; i++) init[i] = (i * 13 + (i >> 12)) & 0xff;
-  const f = directFile(t, init);
-  if (f === undefined) {
-    t.diagnostic(`SKIPPED LOUDLY: ${tmpdir()} refuses O_DIRECT, so Linux AIO cannot be exercised here`);
-    t.skip('no O_DIRECT in the temporary directory');
-    return;
-  }
+  const f = directFileOrSkip(t, init, 'Linux AIO');
+  if (f === undefined) return;
   const ctx = new AioContext(64);
   t.after(() => ctx.close());
   assert.ok(ctx.userReap, 'this kernel\'s completion ring has the fs/aio.c layout: reaped without io_getevents');
@@ -71,12 +66,8 @@ test('aio: a batch of reads and vectored writes through one context lands byte f
 });
 
 test('aio: memory O_DIRECT cannot use comes back as -EINVAL; a full context refuses; close is clean', async (t) => {
-  const f = directFile(t, Buffer.alloc(65536, 7));
-  if (f === undefined) {
-    t.diagnostic(`SKIPPED LOUDLY: ${tmpdir()} refuses O_DIRECT, so Linux AIO cannot be exercised here`);
-    t.skip('no O_DIRECT in the temporary directory');
-    return;
-  }
+  const f = directFileOrSkip(t, Buffer.alloc(65536, 7), 'Linux AIO');
+  if (f === undefined) return;
   const ctx = new AioContext(4);
   const odd = Buffer.alloc(4097).subarray(1);
   const ok = alignedBuffer(4096);

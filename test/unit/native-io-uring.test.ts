@@ -3,13 +3,12 @@
 // the byte counts; registered memory goes as fixed I/O, piece by piece when a transfer has several
 // pieces, and stops being used the moment its registration ends; what the kernel refuses comes
 // back as -errno.
-import { test } from 'node:test';
+import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import { closeSync, openSync, readFileSync, rmSync, ftruncateSync } from 'node:fs';
-import { tmpdir } from 'node:os';
 import { IoUring } from '../../native/io-uring.ts';
 import { Mapping } from '../../native/memory.ts';
-import { alignedBuffer, directFile } from '../support/direct-file.ts';
+import { alignedBuffer, directFileOrSkip } from '../support/direct-file.ts';
 
 function io(ring: IoUring, write: boolean, fd: number, offset: number, bufs: Uint8Array[]): Promise<number> {
   return new Promise((resolve, reject) => {
@@ -28,6 +27,16 @@ function ringOrSkip(t: { diagnostic: (m: string) => void; skip: (m: string) => v
   }
 }
 
+/** An O_DIRECT file of `bytes` and a ring of `capacity` (closed after the test), or undefined having said loudly which is missing. */
+function fileAndRing(t: TestContext, bytes: Buffer, capacity: number): { f: { path: string; fd: number }; ring: IoUring } | undefined {
+  const f = directFileOrSkip(t, bytes, 'io_uring');
+  if (f === undefined) return undefined;
+  const ring = ringOrSkip(t, capacity);
+  if (ring === undefined) return undefined;
+  t.after(() => ring.close());
+  return { f, ring };
+}
+
 function pattern(bytes: number): Buffer {
   const b = Buffer.alloc(bytes);
   for (let i = 0; i < b.length; i++) b[i] = (i * 13 + (i >> 12)) & 0xff;
@@ -36,15 +45,9 @@ function pattern(bytes: number): Buffer {
 
 test('io_uring: a batch of reads and vectored writes through one ring lands byte for byte', async (t) => {
   const init = pattern(1 << 20);
-  const f = directFile(t, init);
-  if (f === undefined) {
-    t.diagnostic(`SKIPPED LOUDLY: ${tmpdir()} refuses O_DIRECT, so io_uring cannot be exercised here`);
-    t.skip('no O_DIRECT in the temporary directory');
-    return;
-  }
-  const ring = ringOrSkip(t, 64);
-  if (ring === undefined) return;
-  t.after(() => ring.close());
+  const set = fileAndRing(t, init, 64);
+  if (set === undefined) return;
+  const { f, ring } = set;
 
   const bufs = Array.from({ length: 32 }, () => alignedBuffer(4096));
   const offs = bufs.map((_, i) => ((i * 37) % 256) * 4096);
@@ -76,15 +79,9 @@ test('io_uring: a batch of reads and vectored writes through one ring lands byte
 
 test('io_uring: registered memory goes as fixed I/O, in pieces when several, and not after unregistering', async (t) => {
   const init = pattern(1 << 20);
-  const f = directFile(t, init);
-  if (f === undefined) {
-    t.diagnostic(`SKIPPED LOUDLY: ${tmpdir()} refuses O_DIRECT, so io_uring cannot be exercised here`);
-    t.skip('no O_DIRECT in the temporary directory');
-    return;
-  }
-  const ring = ringOrSkip(t, 64);
-  if (ring === undefined) return;
-  t.after(() => ring.close());
+  const set = fileAndRing(t, init, 64);
+  if (set === undefined) return;
+  const { f, ring } = set;
   if (ring.registerRefused !== undefined) {
     t.diagnostic(`SKIPPED LOUDLY: this kernel has no sparse buffer table for io_uring (${ring.registerRefused}; Linux 5.19)`);
     t.skip('no registered buffers');
@@ -147,12 +144,8 @@ test('io_uring: registered memory goes as fixed I/O, in pieces when several, and
 });
 
 test('io_uring: memory O_DIRECT cannot use comes back as -EINVAL; a full ring refuses; close waits for what is in flight', async (t) => {
-  const f = directFile(t, Buffer.alloc(65536, 7));
-  if (f === undefined) {
-    t.diagnostic(`SKIPPED LOUDLY: ${tmpdir()} refuses O_DIRECT, so io_uring cannot be exercised here`);
-    t.skip('no O_DIRECT in the temporary directory');
-    return;
-  }
+  const f = directFileOrSkip(t, Buffer.alloc(65536, 7), 'io_uring');
+  if (f === undefined) return;
   const ring = ringOrSkip(t, 4);
   if (ring === undefined) return;
   const odd = Buffer.alloc(4097).subarray(1);

@@ -70,8 +70,6 @@ function completionRing(ctx: number): Uint32Array | undefined {
   }
 }
 
-/** What an I/O ended with: bytes transferred (>= 0) or -errno. */
-export type AioCallback = IoCallback;
 
 /** One process's AIO context with room for `capacity` I/Os in flight. */
 export class AioContext {
@@ -146,7 +144,7 @@ export class AioContext {
    * tell a complete transfer without summing the buffers again), or -1, with nothing queued,
    * when the context is full or closed.
    */
-  submit(write: boolean, fd: number, offset: number, buffers: readonly Uint8Array[], cb: AioCallback): number {
+  submit(write: boolean, fd: number, offset: number, buffers: readonly Uint8Array[], cb: IoCallback): number {
     if (this.closed || buffers.length === 0) return -1;
     const slot = this.slots.take(cb, buffers);
     if (slot < 0) return -1;

@@ -62,12 +62,14 @@ const EBUSY = 16;
 const ERRNO_EOPNOTSUPP = 95;
 const SETTLED = Promise.resolve();
 
-/** Where a registered buffer is: which ring's table, which slot, and the bytes it covers. */
+/**
+ * A registered buffer, tagged on the ArrayBuffer it spans: which ring's table, which slot, and
+ * the address of the ArrayBuffer's first byte (a view's is that plus its byteOffset).
+ */
 interface Registration {
   readonly ring: IoUring;
   readonly index: number;
-  readonly start: number;
-  readonly end: number;
+  readonly base: number;
 }
 const REGISTERED = Symbol('xenblk.ioUringBuffer');
 type Tagged = { [REGISTERED]?: Registration | undefined };
@@ -208,31 +210,28 @@ export class IoUring {
 
   /**
    * `register(mem)` pins `mem` for as long as it stays registered, so that I/O on any part of it
-   * in one piece goes as READ_FIXED/WRITE_FIXED. The result ends the registration (call it before
-   * `mem` is unmapped; I/O in flight on it keeps its pages until it completes), or is undefined
-   * when the kernel refuses (see the file comment): I/O on `mem` then works as before.
+   * goes as READ_FIXED/WRITE_FIXED. `mem` must span its whole ArrayBuffer (a mapping's view, as
+   * blkback's runs are), so that every view of that ArrayBuffer lies inside it. The result ends
+   * the registration (call it before `mem` is unmapped; I/O in flight on it keeps its pages until
+   * it completes), or is undefined when `mem` is not a whole ArrayBuffer or the kernel refuses
+   * (see the file comment): I/O on `mem` then works as before.
    */
   register(mem: Uint8Array): (() => void) | undefined {
     if (this.closed || this.registerRefused !== undefined || mem.byteLength === 0) return undefined;
     const ab = mem.buffer as ArrayBufferLike & Tagged;
-    if (ab[REGISTERED] !== undefined) return undefined;
+    if (mem.byteOffset !== 0 || mem.byteLength !== ab.byteLength || ab[REGISTERED] !== undefined || !Object.isExtensible(ab)) return undefined;
     const index = this.fixedFree.pop();
     if (index === undefined) return undefined;
-    const start = bytesAddress(mem);
-    if (this.updateSlot(index, start, mem.byteLength) < 0) {
+    const base = bytesAddress(mem);
+    if (this.updateSlot(index, base, mem.byteLength) < 0) {
       const e = errno();
       this.fixedFree.push(index);
       // Memory the kernel can never pin for io_uring (gntdev's on kernels before 6.x): stop asking.
       if (e === ERRNO_EOPNOTSUPP) this.registerRefused = `memory of this kind: ${errnoName(e)}`;
       return undefined;
     }
-    const reg: Registration = { ring: this, index, start, end: start + mem.byteLength };
-    if (Object.isExtensible(ab)) ab[REGISTERED] = reg;
-    else {
-      this.updateSlot(index, 0, 0);
-      this.fixedFree.push(index);
-      return undefined;
-    }
+    const reg: Registration = { ring: this, index, base };
+    ab[REGISTERED] = reg;
     this.registered++;
     let done = false;
     return () => {
@@ -264,7 +263,7 @@ export class IoUring {
     const n = buffers.length;
     if (n <= FIXED_PIECES && this.registered > 0) {
       const regs = this.fixedOf(buffers);
-      if (regs !== undefined) return n === 1 ? this.queueFixed(write, fd, offset, buffers[0]!, regs[0]!, cb) : this.submitPieces(write, fd, offset, buffers, regs, cb);
+      if (regs !== undefined) return n === 1 ? this.queueFixed(write, fd, offset, buffers[0]!, regs[0]!, cb, buffers) : this.submitPieces(write, fd, offset, buffers, regs, cb);
     }
     const slot = this.slots.take(cb, buffers);
     if (slot < 0) return -1;
@@ -287,27 +286,22 @@ export class IoUring {
     return total;
   }
 
-  /** The registration of each of `buffers` on this ring (each lying inside its registered range), or undefined. */
+  /** The registration of each of `buffers` on this ring (a view lies inside the ArrayBuffer it was registered with), or undefined. */
   private fixedOf(buffers: readonly Uint8Array[]): Registration[] | undefined {
     let regs: Registration[] | undefined;
     for (let i = 0; i < buffers.length; i++) {
-      const b = buffers[i]!;
-      const reg = (b.buffer as ArrayBufferLike & Tagged)[REGISTERED];
+      const reg = (buffers[i]!.buffer as ArrayBufferLike & Tagged)[REGISTERED];
       if (reg === undefined || reg.ring !== this) return undefined;
-      // A view of a registered buffer lies inside it by construction; checked all the same,
-      // since the kernel would refuse the whole I/O (EFAULT) otherwise.
-      const addr = bytesAddress(b);
-      if (addr < reg.start || addr + b.byteLength > reg.end) return undefined;
       (regs ??= []).push(reg);
     }
     return regs;
   }
 
-  /** One READ_FIXED/WRITE_FIXED of `b` at `offset`; bytes asked for, or -1 when full. */
-  private queueFixed(write: boolean, fd: number, offset: number, b: Uint8Array, reg: Registration, cb: IoCallback): number {
-    const slot = this.slots.take(cb, [b]);
+  /** One READ_FIXED/WRITE_FIXED of `b` at `offset` (`held`: the transfer's buffers, kept until it completes); bytes asked for, or -1 when full. */
+  private queueFixed(write: boolean, fd: number, offset: number, b: Uint8Array, reg: Registration, cb: IoCallback, held: readonly Uint8Array[]): number {
+    const slot = this.slots.take(cb, held);
     if (slot < 0) return -1;
-    this.queue(slot, write ? OP.WRITE_FIXED : OP.READ_FIXED, fd, offset, bytesAddress(b), b.byteLength, reg.index);
+    this.queue(slot, write ? OP.WRITE_FIXED : OP.READ_FIXED, fd, offset, reg.base + b.byteOffset, b.byteLength, reg.index);
     this.fixedSubmitted++;
     return b.byteLength;
   }
@@ -337,7 +331,7 @@ export class IoUring {
       this.queueFixed(write, fd, at, b, regs[i]!, (res) => {
         results[i] = res;
         if (--remaining === 0) finish();
-      });
+      }, buffers);
       at += b.byteLength;
     }
     return at - offset;

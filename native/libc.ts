@@ -90,9 +90,13 @@ export const MADV = { HUGEPAGE: 14, POPULATE_WRITE: 23, COLLAPSE: 25 } as const;
 export const EFD = { NONBLOCK: 0o4000, CLOEXEC: 0o2000000 } as const;
 export const AF_UNIX = 1;
 /** Syscall numbers of Linux AIO and io_uring (arch/x86/entry/syscalls/syscall_64.tbl; asm-generic/unistd.h for arm64). */
-export const SYS = process.arch === 'arm64'
-  ? { io_setup: 0, io_destroy: 1, io_submit: 2, io_getevents: 4, io_uring_setup: 425, io_uring_enter: 426, io_uring_register: 427 } as const
-  : { io_setup: 206, io_destroy: 207, io_submit: 209, io_getevents: 208, io_uring_setup: 425, io_uring_enter: 426, io_uring_register: 427 } as const;
+export const SYS = {
+  ...(process.arch === 'arm64'
+    ? { io_setup: 0, io_destroy: 1, io_submit: 2, io_getevents: 4 } as const
+    : { io_setup: 206, io_destroy: 207, io_submit: 209, io_getevents: 208 } as const),
+  // io_uring came after the tables were unified: the same numbers on every architecture.
+  io_uring_setup: 425, io_uring_enter: 426, io_uring_register: 427,
+} as const;
 export const SOCK = { STREAM: 1, NONBLOCK: 0o4000, CLOEXEC: 0o2000000 } as const;
 
 /** The errno values the data path tests for (asm-generic/errno-base.h, errno.h). */

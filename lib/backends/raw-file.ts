@@ -33,7 +33,8 @@ import type { FileHandle } from 'node:fs/promises';
 import type { BlockBackend, BlockBackendCapabilities, DiscardOptions } from './block-backend.ts';
 import { BackendError } from './block-backend.ts';
 import { FallocateError, punchHole } from './fallocate.ts';
-import { AioContext, type AioCallback } from '../../native/aio.ts';
+import { AioContext } from '../../native/aio.ts';
+import type { IoCallback } from '../../native/io-slots.ts';
 import { IoUring } from '../../native/io-uring.ts';
 
 /** I/Os one disk keeps in flight through AIO or io_uring (beyond that the threadpool takes them). */
@@ -44,7 +45,7 @@ export type IoEngine = 'io_uring' | 'aio' | 'threadpool';
 
 /** What the transfers need of an asynchronous engine: AioContext and IoUring both are one. */
 interface AsyncEngine {
-  submit(write: boolean, fd: number, offset: number, buffers: readonly Uint8Array[], cb: AioCallback): number;
+  submit(write: boolean, fd: number, offset: number, buffers: readonly Uint8Array[], cb: IoCallback): number;
   close(): void;
 }
 
@@ -139,11 +140,10 @@ function engineDefault(): IoEngine | 'auto' {
 }
 
 /** The asynchronous engine `want` asks for: 'auto' takes the first the kernel allows; a named one must open. */
-function openEngine(path: string, want: IoEngine | 'auto'): { name: IoEngine; io: AsyncEngine | undefined; uring: IoUring | undefined } {
+function openEngine(path: string, want: IoEngine | 'auto'): { name: IoEngine; io: AsyncEngine | undefined } {
   if (want === 'io_uring' || want === 'auto') {
     try {
-      const uring = new IoUring(AIO_CAPACITY);
-      return { name: 'io_uring', io: uring, uring };
+      return { name: 'io_uring', io: new IoUring(AIO_CAPACITY) };
     } catch (e) {
       // No io_uring in this kernel, io_uring_disabled, or a seccomp filter (containers often refuse it).
       if (want === 'io_uring') throw new BackendError(`${path}: io_uring refused (${(e as Error).message})`, 'open', codeOf(e));
@@ -151,13 +151,13 @@ function openEngine(path: string, want: IoEngine | 'auto'): { name: IoEngine; io
   }
   if (want === 'aio' || want === 'auto') {
     try {
-      return { name: 'aio', io: new AioContext(AIO_CAPACITY), uring: undefined };
+      return { name: 'aio', io: new AioContext(AIO_CAPACITY) };
     } catch (e) {
       // io_setup refused (no AIO in this kernel, or aio-max-nr reached): the threadpool serves.
       if (want === 'aio') throw new BackendError(`${path}: Linux AIO refused (${(e as Error).message})`, 'open', codeOf(e));
     }
   }
-  return { name: 'threadpool', io: undefined, uring: undefined };
+  return { name: 'threadpool', io: undefined };
 }
 
 function makeDisk(
@@ -167,9 +167,9 @@ function makeDisk(
 ): RawFileDisk {
   let closed = false;
   let zeros: Buffer | undefined;
-  const aio = engine?.io;
-  const uring = engine?.uring;
-  const io = new TransferPool(path, buffered.fd, direct?.fd, aio);
+  const kernelIo = engine?.io;
+  const uring = kernelIo instanceof IoUring ? kernelIo : undefined;
+  const io = new TransferPool(path, buffered.fd, direct?.fd, kernelIo);
   const engineNote = (): string => {
     if (uring !== undefined) {
       const fixed = uring.registerRefused !== undefined ? `registration refused: ${uring.registerRefused}` : `${uring.registered} buffer(s) registered`;
@@ -253,7 +253,7 @@ function makeDisk(
       if (closed) return;
       closed = true;
       await io.idle();
-      aio?.close();
+      kernelIo?.close();
       await direct?.close().catch(() => undefined);
       await buffered.close();
     },
@@ -268,7 +268,7 @@ class TransferPool {
   private inFlight = 0;
   private idleWaiters: (() => void)[] = [];
 
-  constructor(readonly path: string, readonly bufferedFd: number, readonly directFd: number | undefined, readonly aio: AsyncEngine | undefined) {}
+  constructor(readonly path: string, readonly bufferedFd: number, readonly directFd: number | undefined, readonly kernelIo: AsyncEngine | undefined) {}
 
   /**
    * `start(op, offset, buffers, preferDirect)` transfers all of `buffers` at `offset`, through
@@ -319,9 +319,9 @@ class Transfer {
   bufs: readonly Uint8Array[] = NO_BUFFERS;
   resolve: (() => void) | undefined;
   reject: ((e: unknown) => void) | undefined;
-  /** AIO refused or failed this transfer once: the rest of it takes the threadpool. */
-  noAio = false;
-  /** Bytes the AIO submission of `bufs` asked for (-1: not through AIO): a completion of exactly that many is the whole transfer. */
+  /** The kernel engine (io_uring or AIO) refused or failed this transfer once: the rest of it takes the threadpool. */
+  noKernelIo = false;
+  /** Bytes the kernel engine's submission of `bufs` asked for (-1: not through it): a completion of exactly that many is the whole transfer. */
   asked = -1;
 
   constructor(private readonly pool: TransferPool) {}
@@ -329,20 +329,20 @@ class Transfer {
   readonly executor = (resolve: () => void, reject: (e: unknown) => void): void => {
     this.resolve = resolve;
     this.reject = reject;
-    this.noAio = false;
+    this.noKernelIo = false;
     this.issue();
   };
 
   private issue(): void {
-    const aio = this.pool.aio;
-    this.asked = aio !== undefined && !this.noAio && this.fd === this.pool.directFd ? aio.submit(this.op === 'write', this.fd, this.pos, this.bufs, this.aioDone) : -1;
+    const k = this.pool.kernelIo;
+    this.asked = k !== undefined && !this.noKernelIo && this.fd === this.pool.directFd ? k.submit(this.op === 'write', this.fd, this.pos, this.bufs, this.kernelDone) : -1;
     if (this.asked >= 0) return;
     if (this.op === 'read') fsReadv(this.fd, this.bufs as Uint8Array[], this.pos, this.done);
     else fsWritev(this.fd, this.bufs as Uint8Array[], this.pos, this.done);
   }
 
-  /** An AIO completion: bytes as the threadpool would report them; an error is retried there once (it then decides: EINVAL falls back to buffered I/O, anything else fails). */
-  private readonly aioDone = (res: number): void => {
+  /** A kernel engine's completion: bytes as the threadpool would report them; an error is retried there once (it then decides: EINVAL falls back to buffered I/O, anything else fails). */
+  private readonly kernelDone = (res: number): void => {
     if (res === this.asked) {
       // All of it (the usual case): no walk over the buffers.
       this.settle(undefined);
@@ -352,7 +352,7 @@ class Transfer {
       this.done(null, res);
       return;
     }
-    this.noAio = true;
+    this.noKernelIo = true;
     this.issue();
   };
 

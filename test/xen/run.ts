@@ -6,7 +6,9 @@
 //
 //   npm run test:xen [-- [--list] [--rebuild] [--build-only] [--keep] [test-name ...]]
 //
-// Environment: XENBLK_XEN_CACHE (default /var/cache/xenblk-xen) holds the built images.
+// Environment: XENBLK_XEN_CACHE (default /var/cache/xenblk-xen) holds the built images;
+// XENBLK_XEN_DEADLINE (Unix seconds, set by .ci/run) is when the QEMU run must have ended: its
+// limit, normally the sum of the tests' own, is cut to fit.
 import { copyFileSync, existsSync, mkdtempSync, readFileSync, realpathSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { basename, dirname, join, resolve } from 'node:path';
@@ -89,6 +91,21 @@ function describe(m: Marker): string | undefined {
   }
 }
 
+/**
+ * `runLimit(wanted)` is the QEMU run's limit in seconds: `wanted`, cut to end 30 s before
+ * XENBLK_XEN_DEADLINE when that is set. HarnessError when the deadline leaves no room for a boot.
+ */
+function runLimit(wanted: number): number {
+  const raw = process.env.XENBLK_XEN_DEADLINE;
+  if (raw === undefined || raw === '') return wanted;
+  const deadline = Number(raw);
+  if (!Number.isInteger(deadline)) throw new HarnessError(`XENBLK_XEN_DEADLINE=${raw}: not Unix seconds`);
+  const left = deadline - Math.floor(Date.now() / 1000) - 30;
+  if (left < BOOT_ALLOWANCE_S) throw new HarnessError(`XENBLK_XEN_DEADLINE leaves ${left} s, less than a boot's ${BOOT_ALLOWANCE_S} s`);
+  if (left < wanted) say(`run limit ${left} s (XENBLK_XEN_DEADLINE), not the tests' ${wanted} s`);
+  return Math.min(wanted, left);
+}
+
 async function main(argv: string[]): Promise<number> {
   const t0 = Date.now();
   const { values, positionals } = parseArgs({
@@ -145,7 +162,7 @@ async function main(argv: string[]): Promise<number> {
   let lastLines: readonly string[] = [];
   if (runnable.length > 0) {
     say(`booting Xen + dom0 (serial log ${serialLog}); tests: ${runnable.map((t) => t.name).join(', ')}`);
-    const limit = BOOT_ALLOWANCE_S + runnable.reduce((s, t) => s + t.timeoutSeconds + 30, 0);
+    const limit = runLimit(BOOT_ALLOWANCE_S + runnable.reduce((s, t) => s + t.timeoutSeconds + 30, 0));
     const result = await boot({
       images,
       runDir,

@@ -12,6 +12,7 @@ const TOOLS: ReadonlyArray<readonly [command: string, pkg: string]> = [
   ['mkfs.ext4', 'e2fsprogs'],
   ['cpio', 'cpio'],
   ['xz', 'xz-utils'],
+  ['zstd', 'zstd'],
   ['gzip', 'gzip'],
   ['depmod', 'kmod'],
   ['nice', 'coreutils'],

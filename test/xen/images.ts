@@ -108,25 +108,37 @@ function imagesIn(dir: string): Images | undefined {
   return images;
 }
 
-/** `extractVmlinux(bzImage, out)` writes the uncompressed ELF kernel inside an xz-compressed bzImage to `out`. */
+/**
+ * The compressions Debian's bzImages use for their payload (Documentation/arch/x86/boot.rst:
+ * payload_offset): xz up to Linux 6.1, zstd since. Each decoder takes one stream from the magic on
+ * and ignores what trails it (setup data); the result is kept only if it is an ELF.
+ */
+const PAYLOADS = [
+  { name: 'xz', magic: [0xfd, 0x37, 0x7a, 0x58, 0x5a, 0x00], decode: 'xz -dc --single-stream "$1" > "$2"' },
+  // zstd stops with an error at the data after its frame, having written the frame.
+  { name: 'zstd', magic: [0x28, 0xb5, 0x2f, 0xfd], decode: 'zstd -dcq "$1" > "$2" 2>/dev/null; true' },
+] as const;
+
+/** `extractVmlinux(bzImage, out)` writes the uncompressed ELF kernel inside a bzImage (xz or zstd) to `out`. */
 function extractVmlinux(bzImage: string, out: string, scratch: string): void {
   const data = readFileSync(bzImage);
-  const magic = Buffer.from([0xfd, 0x37, 0x7a, 0x58, 0x5a, 0x00]); // xz stream header
-  for (let at = data.indexOf(magic); at >= 0; at = data.indexOf(magic, at + 1)) {
-    const piece = join(scratch, 'vmlinux.xz');
-    writeFileSync(piece, data.subarray(at));
-    try {
-      // The payload is followed by setup data: decode one stream and ignore what trails it.
-      run('sh', ['-c', 'xz -dc --single-stream "$1" > "$2"', 'sh', piece, out]);
-    } catch {
-      continue;
-    } finally {
-      rmSync(piece, { force: true });
+  for (const p of PAYLOADS) {
+    const magic = Buffer.from(p.magic);
+    for (let at = data.indexOf(magic); at >= 0; at = data.indexOf(magic, at + 1)) {
+      const piece = join(scratch, `vmlinux.${p.name}`);
+      writeFileSync(piece, data.subarray(at));
+      try {
+        run('sh', ['-c', p.decode, 'sh', piece, out]);
+      } catch {
+        continue;
+      } finally {
+        rmSync(piece, { force: true });
+      }
+      const head = readFileSync(out).subarray(0, 4);
+      if (head.equals(Buffer.from([0x7f, 0x45, 0x4c, 0x46]))) return;
     }
-    const head = readFileSync(out).subarray(0, 4);
-    if (head.equals(Buffer.from([0x7f, 0x45, 0x4c, 0x46]))) return;
   }
-  throw new HarnessError(`no xz-compressed ELF kernel found inside ${bzImage}`);
+  throw new HarnessError(`no xz- or zstd-compressed ELF kernel found inside ${bzImage}`);
 }
 
 /** `build(p, dir, log)` builds the whole image set of plan `p` into the empty directory `dir`. */
@@ -147,6 +159,9 @@ function build(p: Plan, dir: string, log: (line: string) => void): void {
   run('dpkg-deb', ['-x', kdeb, kernel]);
   const release = readdirSync(join(kernel, 'lib/modules'))[0];
   if (release === undefined) throw new HarnessError(`${kdeb} holds no /lib/modules/<release>`);
+  // Debian's 6.12 kernels ship their modules xz-compressed; the initramfs's busybox insmod takes
+  // plain .ko files only, so they are unpacked here (dom0's kmod takes either).
+  run('find', [join(kernel, 'lib/modules', release), '-name', '*.ko.xz', '-exec', 'xz', '-d', '{}', '+']);
   run('depmod', ['-b', kernel, release]);
   const modulesDir = join(kernel, 'lib/modules', release);
   copyFileSync(join(kernel, 'boot', `vmlinuz-${release}`), join(dir, 'vmlinuz'));

@@ -48,17 +48,8 @@ export function candidate(pkg: string): string {
   return m[1];
 }
 
-/**
- * `kernelPackage()` is the linux-image-<abi>-amd64 package that linux-image-amd64 currently
- * depends on, or XENBLK_XEN_KERNEL when set (another kernel the host's apt offers, e.g. Debian 12's
- * linux-image-6.12.*+deb12-amd64 from bookworm-security, booted as dom0 and domU alike).
- */
+/** `kernelPackage()` is the linux-image-<abi>-amd64 package that linux-image-amd64 currently depends on. */
 export function kernelPackage(): string {
-  const chosen = process.env.XENBLK_XEN_KERNEL;
-  if (chosen !== undefined && chosen !== '') {
-    if (!/^linux-image-\S+-amd64$/.test(chosen)) throw new HarnessError(`XENBLK_XEN_KERNEL=${chosen}: not a linux-image-<abi>-amd64 package`);
-    return chosen;
-  }
   const m = /Depends:\s*(linux-image-\S+-amd64)/.exec(run('apt-cache', ['depends', 'linux-image-amd64']));
   if (m?.[1] === undefined) throw new HarnessError('apt-cache depends linux-image-amd64 names no kernel; run apt-get update');
   return m[1];

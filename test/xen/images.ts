@@ -57,9 +57,13 @@ export interface Images {
 /** What an image set was built from, and how long building took. */
 export interface Manifest {
   readonly suite: string;
+  /** dom0's kernel. */
   readonly kernelPackage: string;
   readonly kernelVersion: string;
   readonly kernelRelease: string;
+  /** The PV domUs' kernel (dom0's unless XENBLK_XEN_KERNEL chose another for dom0; absent in older sets). */
+  readonly domuKernelPackage?: string;
+  readonly domuKernelVersion?: string;
   readonly xenVersion: string;
   readonly builtAt: string;
   readonly buildSeconds: number;
@@ -70,22 +74,41 @@ interface Plan {
   readonly mirror: string;
   readonly kernelPackage: string;
   readonly kernelVersion: string;
+  readonly domuKernelPackage: string;
+  readonly domuKernelVersion: string;
   readonly xenVersion: string;
   readonly key: string;
+}
+
+/**
+ * `dom0Kernel(standard)` is the kernel package dom0 boots: `standard` (what linux-image-amd64
+ * depends on, which the domUs boot too), or XENBLK_XEN_KERNEL when set, another one the host's
+ * apt offers, e.g. Debian 12's linux-image-6.12.*+deb12-amd64 from bookworm-security. Only dom0's
+ * changes: it is the backends' kernel, and Debian 12's 6.12 as a PV domU killed fio under TCG
+ * (a fault in mtree_load) where 6.1 runs it.
+ */
+function dom0Kernel(standard: string): string {
+  const chosen = process.env.XENBLK_XEN_KERNEL;
+  if (chosen === undefined || chosen === '') return standard;
+  if (!/^linux-image-\S+-amd64$/.test(chosen)) throw new HarnessError(`XENBLK_XEN_KERNEL=${chosen}: not a linux-image-<abi>-amd64 package`);
+  return chosen;
 }
 
 /** `plan()` is what would be built now: package versions from the host's apt, and the cache key. */
 function plan(): Plan {
   const suite = codename();
   const mirror = mirrorFor(suite);
-  const kpkg = kernelPackage();
-  const kver = candidate(kpkg);
+  const upkg = kernelPackage();
+  const uver = candidate(upkg);
+  const kpkg = dom0Kernel(upkg);
+  const kver = kpkg === upkg ? uver : candidate(kpkg);
   // debootstrap installs dom0's Xen tools from <suite>/main; the hypervisor must match them exactly.
   const xver = versionIn(`xen-utils-${XEN}`, suite);
   const h = createHash('sha256');
   for (const f of SHAPING_FILES) h.update(f).update(readFileSync(join(HERE, f)));
-  const key = `${suite}_xen-${xver}_${kpkg.replace(/^linux-image-/, '')}-${kver}_${h.digest('hex').slice(0, 10)}`.replace(/[^A-Za-z0-9._-]/g, '_');
-  return { suite, mirror, kernelPackage: kpkg, kernelVersion: kver, xenVersion: xver, key };
+  const domu = kpkg === upkg ? '' : `_domU-${upkg.replace(/^linux-image-/, '')}-${uver}`;
+  const key = `${suite}_xen-${xver}_${kpkg.replace(/^linux-image-/, '')}-${kver}${domu}_${h.digest('hex').slice(0, 10)}`.replace(/[^A-Za-z0-9._-]/g, '_');
+  return { suite, mirror, kernelPackage: kpkg, kernelVersion: kver, domuKernelPackage: upkg, domuKernelVersion: uver, xenVersion: xver, key };
 }
 
 /** `imagesIn(dir)` is the image set in `dir`, or undefined when it is absent or incomplete. */
@@ -141,6 +164,20 @@ function extractVmlinux(bzImage: string, out: string, scratch: string): void {
   throw new HarnessError(`no xz- or zstd-compressed ELF kernel found inside ${bzImage}`);
 }
 
+/** `unpackKernel(pkg, version, debs, into)` downloads a kernel package and unpacks it into `into`, modules plain and indexed. */
+function unpackKernel(pkg: string, version: string, debs: string, into: string): { release: string; modulesDir: string } {
+  const deb = download(pkg, version, debs);
+  run('dpkg-deb', ['-x', deb, into]);
+  const release = readdirSync(join(into, 'lib/modules'))[0];
+  if (release === undefined) throw new HarnessError(`${deb} holds no /lib/modules/<release>`);
+  const modulesDir = join(into, 'lib/modules', release);
+  // Debian's 6.12 kernels ship their modules xz-compressed; the initramfs's busybox insmod takes
+  // plain .ko files only, so they are unpacked here (dom0's kmod takes either).
+  run('find', [modulesDir, '-name', '*.ko.xz', '-exec', 'xz', '-d', '{}', '+']);
+  run('depmod', ['-b', into, release]);
+  return { release, modulesDir };
+}
+
 /** `build(p, dir, log)` builds the whole image set of plan `p` into the empty directory `dir`. */
 function build(p: Plan, dir: string, log: (line: string) => void): void {
   const t0 = Date.now();
@@ -155,20 +192,22 @@ function build(p: Plan, dir: string, log: (line: string) => void): void {
   mkdirSync(debs, { recursive: true });
 
   let done = step(`apt-get download ${p.kernelPackage}=${p.kernelVersion}`);
-  const kdeb = download(p.kernelPackage, p.kernelVersion, debs);
-  run('dpkg-deb', ['-x', kdeb, kernel]);
-  const release = readdirSync(join(kernel, 'lib/modules'))[0];
-  if (release === undefined) throw new HarnessError(`${kdeb} holds no /lib/modules/<release>`);
-  // Debian's 6.12 kernels ship their modules xz-compressed; the initramfs's busybox insmod takes
-  // plain .ko files only, so they are unpacked here (dom0's kmod takes either).
-  run('find', [join(kernel, 'lib/modules', release), '-name', '*.ko.xz', '-exec', 'xz', '-d', '{}', '+']);
-  run('depmod', ['-b', kernel, release]);
-  const modulesDir = join(kernel, 'lib/modules', release);
+  const { release, modulesDir } = unpackKernel(p.kernelPackage, p.kernelVersion, debs, kernel);
   copyFileSync(join(kernel, 'boot', `vmlinuz-${release}`), join(dir, 'vmlinuz'));
+  done();
+
+  // The PV domUs boot the uncompressed kernel with xen-blkfront from the share.
+  done = step(`domU kernel ${p.domuKernelPackage}=${p.domuKernelVersion}`);
+  let domuTree = kernel;
+  let domu = { release, modulesDir };
+  if (p.domuKernelPackage !== p.kernelPackage) {
+    domuTree = join(dir, 'kernel-domu');
+    domu = unpackKernel(p.domuKernelPackage, p.domuKernelVersion, debs, domuTree);
+  }
   mkdirSync(join(dir, 'share/modules'), { recursive: true });
-  extractVmlinux(join(dir, 'vmlinuz'), join(dir, 'share/vmlinux'), dir);
-  const domuModules = modulesInLoadOrder(modulesDir, DOMU_MODULES);
-  for (const rel of domuModules) copyFileSync(join(modulesDir, rel), join(dir, 'share/modules', basename(rel)));
+  extractVmlinux(join(domuTree, 'boot', `vmlinuz-${domu.release}`), join(dir, 'share/vmlinux'), dir);
+  const domuModules = modulesInLoadOrder(domu.modulesDir, DOMU_MODULES);
+  for (const rel of domuModules) copyFileSync(join(domu.modulesDir, rel), join(dir, 'share/modules', basename(rel)));
   writeFileSync(join(dir, 'share/modules/order'), domuModules.map((rel) => `${basename(rel)}\n`).join(''));
   done();
 
@@ -207,12 +246,14 @@ function build(p: Plan, dir: string, log: (line: string) => void): void {
   buildInitramfs({ init: join(HERE, 'image/dom0-initramfs-init.sh'), modules }, join(dir, 'initramfs'), join(dir, 'dom0-initrd.gz'));
   done();
 
-  for (const d of [debs, kernel, root, xroot, join(dir, 'initramfs')]) rmSync(d, { recursive: true, force: true });
+  for (const d of [debs, kernel, join(dir, 'kernel-domu'), root, xroot, join(dir, 'initramfs')]) rmSync(d, { recursive: true, force: true });
   const manifest: Manifest = {
     suite: p.suite,
     kernelPackage: p.kernelPackage,
     kernelVersion: p.kernelVersion,
     kernelRelease: release,
+    domuKernelPackage: p.domuKernelPackage,
+    domuKernelVersion: p.domuKernelVersion,
     xenVersion: xver,
     builtAt: new Date().toISOString(),
     buildSeconds: Math.round((Date.now() - t0) / 100) / 10,

@@ -136,7 +136,8 @@ async function main(argv: string[]): Promise<number> {
   const { images, built, seconds: imageSeconds } = ensureImages({ cacheRoot, rebuild: values.rebuild, log: say });
   const mf = images.manifest;
   say(`images ${built ? `built in ${imageSeconds.toFixed(1)} s` : `cached (checked in ${imageSeconds.toFixed(1)} s; built in ${mf.buildSeconds} s)`}: ${images.dir}`);
-  say(`  xen ${mf.xenVersion}, ${mf.kernelPackage} ${mf.kernelVersion} (dom0 and domU), ${mf.suite} dom0`);
+  const domu = mf.domuKernelPackage !== undefined && mf.domuKernelPackage !== mf.kernelPackage ? `, domU ${mf.domuKernelPackage} ${mf.domuKernelVersion ?? ''}` : ' (dom0 and domU)';
+  say(`  xen ${mf.xenVersion}, ${mf.kernelPackage} ${mf.kernelVersion}${domu}, ${mf.suite} dom0`);
   if (values['build-only']) return 0;
 
   const outcomes = new Map<string, Outcome>();

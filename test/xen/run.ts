@@ -162,8 +162,8 @@ async function main(argv: string[]): Promise<number> {
   let broke: string | undefined;
   let lastLines: readonly string[] = [];
   if (runnable.length > 0) {
-    say(`booting Xen + dom0 (serial log ${serialLog}); tests: ${runnable.map((t) => t.name).join(', ')}`);
     const limit = runLimit(BOOT_ALLOWANCE_S + runnable.reduce((s, t) => s + t.timeoutSeconds + 30, 0));
+    say(`booting Xen + dom0 (serial log ${serialLog}); tests: ${runnable.map((t) => t.name).join(', ')}`);
     const result = await boot({
       images,
       runDir,

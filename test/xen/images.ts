@@ -61,9 +61,9 @@ export interface Manifest {
   readonly kernelPackage: string;
   readonly kernelVersion: string;
   readonly kernelRelease: string;
-  /** The PV domUs' kernel (dom0's unless XENBLK_XEN_KERNEL chose another for dom0; absent in older sets). */
-  readonly domuKernelPackage?: string;
-  readonly domuKernelVersion?: string;
+  /** The PV domUs' kernel (dom0's unless XENBLK_XEN_KERNEL chose another for dom0). */
+  readonly domuKernelPackage: string;
+  readonly domuKernelVersion: string;
   readonly xenVersion: string;
   readonly builtAt: string;
   readonly buildSeconds: number;
@@ -164,8 +164,15 @@ function extractVmlinux(bzImage: string, out: string, scratch: string): void {
   throw new HarnessError(`no xz- or zstd-compressed ELF kernel found inside ${bzImage}`);
 }
 
+/** What `unpackKernel` unpacked: the kernel release, its modules directory and its bzImage. */
+interface UnpackedKernel {
+  readonly release: string;
+  readonly modulesDir: string;
+  readonly vmlinuz: string;
+}
+
 /** `unpackKernel(pkg, version, debs, into)` downloads a kernel package and unpacks it into `into`, modules plain and indexed. */
-function unpackKernel(pkg: string, version: string, debs: string, into: string): { release: string; modulesDir: string } {
+function unpackKernel(pkg: string, version: string, debs: string, into: string): UnpackedKernel {
   const deb = download(pkg, version, debs);
   run('dpkg-deb', ['-x', deb, into]);
   const release = readdirSync(join(into, 'lib/modules'))[0];
@@ -175,7 +182,7 @@ function unpackKernel(pkg: string, version: string, debs: string, into: string):
   // plain .ko files only, so they are unpacked here (dom0's kmod takes either).
   run('find', [modulesDir, '-name', '*.ko.xz', '-exec', 'xz', '-d', '{}', '+']);
   run('depmod', ['-b', into, release]);
-  return { release, modulesDir };
+  return { release, modulesDir, vmlinuz: join(into, 'boot', `vmlinuz-${release}`) };
 }
 
 /** `build(p, dir, log)` builds the whole image set of plan `p` into the empty directory `dir`. */
@@ -192,20 +199,16 @@ function build(p: Plan, dir: string, log: (line: string) => void): void {
   mkdirSync(debs, { recursive: true });
 
   let done = step(`apt-get download ${p.kernelPackage}=${p.kernelVersion}`);
-  const { release, modulesDir } = unpackKernel(p.kernelPackage, p.kernelVersion, debs, kernel);
-  copyFileSync(join(kernel, 'boot', `vmlinuz-${release}`), join(dir, 'vmlinuz'));
+  const dom0 = unpackKernel(p.kernelPackage, p.kernelVersion, debs, kernel);
+  const { release, modulesDir } = dom0;
+  copyFileSync(dom0.vmlinuz, join(dir, 'vmlinuz'));
   done();
 
   // The PV domUs boot the uncompressed kernel with xen-blkfront from the share.
   done = step(`domU kernel ${p.domuKernelPackage}=${p.domuKernelVersion}`);
-  let domuTree = kernel;
-  let domu = { release, modulesDir };
-  if (p.domuKernelPackage !== p.kernelPackage) {
-    domuTree = join(dir, 'kernel-domu');
-    domu = unpackKernel(p.domuKernelPackage, p.domuKernelVersion, debs, domuTree);
-  }
+  const domu = p.domuKernelPackage === p.kernelPackage ? dom0 : unpackKernel(p.domuKernelPackage, p.domuKernelVersion, debs, join(dir, 'kernel-domu'));
   mkdirSync(join(dir, 'share/modules'), { recursive: true });
-  extractVmlinux(join(domuTree, 'boot', `vmlinuz-${domu.release}`), join(dir, 'share/vmlinux'), dir);
+  extractVmlinux(domu.vmlinuz, join(dir, 'share/vmlinux'), dir);
   const domuModules = modulesInLoadOrder(domu.modulesDir, DOMU_MODULES);
   for (const rel of domuModules) copyFileSync(join(domu.modulesDir, rel), join(dir, 'share/modules', basename(rel)));
   writeFileSync(join(dir, 'share/modules/order'), domuModules.map((rel) => `${basename(rel)}\n`).join(''));

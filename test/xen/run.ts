@@ -136,7 +136,7 @@ async function main(argv: string[]): Promise<number> {
   const { images, built, seconds: imageSeconds } = ensureImages({ cacheRoot, rebuild: values.rebuild, log: say });
   const mf = images.manifest;
   say(`images ${built ? `built in ${imageSeconds.toFixed(1)} s` : `cached (checked in ${imageSeconds.toFixed(1)} s; built in ${mf.buildSeconds} s)`}: ${images.dir}`);
-  const domu = mf.domuKernelPackage !== undefined && mf.domuKernelPackage !== mf.kernelPackage ? `, domU ${mf.domuKernelPackage} ${mf.domuKernelVersion ?? ''}` : ' (dom0 and domU)';
+  const domu = mf.domuKernelPackage !== mf.kernelPackage ? `, domU ${mf.domuKernelPackage} ${mf.domuKernelVersion}` : ' (dom0 and domU)';
   say(`  xen ${mf.xenVersion}, ${mf.kernelPackage} ${mf.kernelVersion}${domu}, ${mf.suite} dom0`);
   if (values['build-only']) return 0;
 
@@ -148,6 +148,8 @@ async function main(argv: string[]): Promise<number> {
     else runnable.push(t);
   }
 
+  // Checked before anything is built for the run, so a refusal leaves nothing behind.
+  const limit = runnable.length > 0 ? runLimit(BOOT_ALLOWANCE_S + runnable.reduce((s, t) => s + t.timeoutSeconds + 30, 0)) : 0;
   if (runnable.some((t) => t.build === true)) {
     // The bundle starts in seconds in dom0 where tsx takes half a minute; build it from this tree.
     const s = Date.now();
@@ -162,7 +164,6 @@ async function main(argv: string[]): Promise<number> {
   let broke: string | undefined;
   let lastLines: readonly string[] = [];
   if (runnable.length > 0) {
-    const limit = runLimit(BOOT_ALLOWANCE_S + runnable.reduce((s, t) => s + t.timeoutSeconds + 30, 0));
     say(`booting Xen + dom0 (serial log ${serialLog}); tests: ${runnable.map((t) => t.name).join(', ')}`);
     const result = await boot({
       images,
